@@ -7,6 +7,7 @@ checked against the same NumPy reference in `tests/`).
 """
 
 import contextlib
+import math
 import numbers
 
 import keras
@@ -148,7 +149,13 @@ class SNRAdam(keras.optimizers.Optimizer):
     `s_hat == m_hat**2` holds identically and the gate would be decided by
     `alpha` and rounding alone, carrying no information about noise; (3)
     for `float16`/`bfloat16` variables the slots are kept in `float32`
-    and all of the update is computed in `float32`, then cast.
+    and all of the update is computed in `float32`, then cast; (4) the bias
+    corrections `1 - beta**t` are computed as `-expm1(t * log(beta))`,
+    exact to float32 rounding (`1 - 0.999**t` in float32 is off by 1e-5 of
+    its value at small `t`, and in bfloat16 it is 0). `epsilon` is added to
+    `sqrt(v_hat)`, as in `torch.optim.AdamW`; Keras's `Adam` adds it before
+    bias correction instead, a difference of order `epsilon / sqrt(v_hat)`
+    in the step.
 
     NaN or Inf gradients propagate into the slots and the weights, as with
     Keras `Adam`. Under a `mixed_float16` policy `compile()` wraps the
@@ -298,11 +305,10 @@ class SNRAdam(keras.optimizers.Optimizer):
         g = ops.cast(_dense(gradient), dtype)
         w = ops.cast(variable, dtype)
         lr = ops.cast(learning_rate, dtype)
-        # Scalar bias corrections in float32 (bf16 rounds 0.999 to 1.0).
         t = ops.cast(self.iterations + 1, "float32")
-        correction_1 = ops.cast(1 - ops.power(self.beta_1, t), dtype)
-        correction_2 = ops.cast(1 - ops.power(self.beta_2, t), dtype)
-        correction_s = ops.cast(1 - ops.power(self.rho, t), dtype)
+        correction_1 = ops.cast(bias_correction(self.beta_1, t), dtype)
+        correction_2 = ops.cast(bias_correction(self.beta_2, t), dtype)
+        correction_s = ops.cast(bias_correction(self.rho, t), dtype)
 
         new_s = self.rho * s + (1 - self.rho) * ops.square(g - m)
         new_m = self.beta_1 * m + (1 - self.beta_1) * g
@@ -368,6 +374,19 @@ class SNRAdam(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def bias_correction(decay, t):
+    """`1 - decay**t` for a float32 step `t`, without cancellation.
+
+    Computed as `-expm1(t * log(decay))` with `log(decay)` in float64 on the
+    host: in float32, `1 - 0.999**1` loses 1e-5 of its value to rounding (and
+    in bfloat16, `0.999` itself rounds to 1, so Keras's own Adam makes no
+    update at all on bfloat16 variables).
+    """
+    if decay == 0:
+        return ops.ones_like(t)
+    return -ops.expm1(t * math.log(decay))
 
 
 def _compute_dtype(dtype):
