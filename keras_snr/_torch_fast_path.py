@@ -2,22 +2,49 @@
 
 Keras runs a custom optimizer on torch as per-variable eager ops; its own
 Adam uses multi-tensor (`_foreach`) kernels instead. This module is the same
-math as `SNRAdam.update_step`, step for step, over all variables at once.
-It is selected inside `SNRAdam._backend_update_step` (no class swap, so the
-saved class name stays `keras_snr>SNRAdam`) and checked against the same
-NumPy reference as the generic path.
+math as `SNRAdam.update_step` over all variables at once. It is selected
+inside `SNRAdam._backend_update_step` (no class swap, so the saved class name
+stays `keras_snr>SNRAdam`) and checked against the same NumPy reference as
+the generic path.
+
+For speed the update is rearranged algebraically, with the bias corrections
+folded into scalars (`c1 = 1 - beta_1**t`, `c2 = 1 - beta_2**t`,
+`cs = 1 - rho**t`):
+
+    lr * q * m_hat / (sqrt(v_hat) + eps)
+        = (lr * sqrt(c2) / c1) * q * m / (sqrt(v) + eps * sqrt(c2))
+
+and, multiplying the gate's numerator and denominator by `c1**2`,
+
+    snr:  q = m**2 / (m**2 + lam * alpha * (c1**2 / cs) * s + eps**2 * c1**2)
+    soft: d = max(m**2 - alpha * (c1**2 / cs) * s, 0)
+          q = d / (d + lam * (c1**2 / cs) * s + eps**2 * c1**2)
+    hard: q = 1 if m**2 > alpha * (c1**2 / cs) * s else 0
+
+so no bias-corrected copy of `m`, `v` or `s` is ever materialised. All
+per-step scalars stay 0-d tensors on the variables' device (no host sync).
+Parameter-sized work is in-place wherever possible: one scratch list (first
+`g - m`, then the gate) and one for `sqrt(v) + eps'` are the only
+temporaries (fresh allocations are the dominant cost of small kernels on
+CPU).
 """
 
+import math
+
 import torch
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 _FAST_DTYPES = (torch.float32, torch.float64)
 
 
 def supports(optimizer, grads, variables):
-    """The fast path covers dense float32/float64 variables with slots."""
+    """The fast path covers dense float32/float64 variables with slots,
+    outside a stateless scope (it updates tensors in place)."""
+    if in_stateless_scope():
+        return False
     dtypes = set()
     for grad, variable in zip(grads, variables):
-        value = variable.value
+        value = variable._value
         if value.dtype not in _FAST_DTYPES or grad.dtype != value.dtype:
             return False
         if grad.is_sparse:
@@ -29,75 +56,100 @@ def supports(optimizer, grads, variables):
 @torch.no_grad()
 def update(optimizer, grads, variables, learning_rate):
     opt = optimizer
-    index = [opt._get_variable_index(v) for v in variables]
-    w = [v.value for v in variables]
-    m = [opt._momentums[i].value for i in index]
-    v = [opt._velocities[i].value for i in index]
-    s = [opt._noise_variances[i].value for i in index]
+    index = [opt._get_variable_index(x) for x in variables]
+    # The tensors themselves (`Variable.value` is a property with scope
+    # checks, costly over hundreds of variables; `supports` has ruled out a
+    # stateless scope, and in-place updates need the real tensor anyway).
+    w = [x._value for x in variables]
+    m = [opt._momentums[i]._value for i in index]
+    v = [opt._velocities[i]._value for i in index]
+    s = [opt._noise_variances[i]._value for i in index]
     g = list(grads)
 
-    dtype = w[0].dtype
-    lr = torch.as_tensor(_value(learning_rate), dtype=dtype, device=w[0].device)
-    t = (opt.iterations.value + 1).to(torch.float32)
-    correction_1 = (1 - torch.pow(opt.beta_1, t)).to(dtype)
-    correction_2 = (1 - torch.pow(opt.beta_2, t)).to(dtype)
-    correction_s = (1 - torch.pow(opt.rho, t)).to(dtype)
+    dtype, device = w[0].dtype, w[0].device
+    # Per-step scalars, as 0-d tensors on the device. Bias corrections
+    # `1 - decay**t` as in `snr_adam.bias_correction`: -expm1(t * log(decay))
+    # in float32 (log(0) = -inf gives exactly 1), then cast.
+    # With gradient accumulation `iterations` is a tensor, not a Variable.
+    t = (_value(opt.iterations) + 1).to(torch.float32)
+    c1, c2, cs = torch.expm1(t * _log_decays(opt, device)).neg_().to(dtype).unbind()
     first_step = (t == 1).to(dtype)
+    lr = torch.as_tensor(_value(learning_rate), dtype=dtype, device=device)
+    sqrt_c2 = torch.sqrt(c2)
+    step_size = lr * sqrt_c2 / c1
 
     # s <- rho * s + (1 - rho) * (g - m)**2, with m from before this step.
-    deviation = torch._foreach_sub(g, m)
+    scratch = torch._foreach_sub(g, m)
     torch._foreach_mul_(s, opt.rho)
-    torch._foreach_addcmul_(s, deviation, deviation, value=1 - opt.rho)
-    del deviation
+    torch._foreach_addcmul_(s, scratch, scratch, value=1 - opt.rho)
+    del scratch
     # m <- beta_1 * m + (1 - beta_1) * g ; v <- beta_2 * v + (1 - beta_2) * g**2
     torch._foreach_lerp_(m, g, 1 - opt.beta_1)
     torch._foreach_mul_(v, opt.beta_2)
     torch._foreach_addcmul_(v, g, g, value=1 - opt.beta_2)
 
-    m_hat = torch._foreach_div(m, correction_1)
-    step = _gated(opt, m_hat, s, correction_s, first_step)  # q * m_hat
+    # w <- w - numerator / denominator, with (lr * sqrt(c2) / c1) * q folded
+    # into one of them and
+    # sqrt(v_hat) + eps = (sqrt(v) + eps * sqrt(c2)) / sqrt(c2).
+    if opt.gate is not None and opt.reduction == "elementwise":
+        numerator = _elementwise_gate(opt, m, s, c1, cs)
+        # numerator <- step_size * (q + first_step * (1 - q)) * m
+        torch._foreach_mul_(numerator, step_size * (1 - first_step))
+        torch._foreach_add_(numerator, step_size * first_step)
+        torch._foreach_mul_(numerator, m)
+        denominator = _sqrt_plus(v, opt.epsilon * sqrt_c2)
+    elif opt.gate is not None:  # per_tensor
+        # sum(m_hat**2) and sum(s_hat) per variable (s >= 0: L1 = sum).
+        signal = torch.stack(torch._foreach_norm(m)) ** 2 / (c1 * c1)
+        noise = torch.stack(torch._foreach_norm(s, 1)) / cs
+        q = _gate_values(opt, signal, noise, opt.epsilon**2)
+        q = q + first_step * (1 - q)  # q = 1 on the first step
+        # step_size * q * m / denominator; q = 0 gives m / inf = 0.
+        numerator = m
+        denominator = _sqrt_plus(v, opt.epsilon * sqrt_c2)
+        torch._foreach_div_(denominator, list((step_size * q).unbind()))
+    else:
+        numerator = m
+        denominator = _sqrt_plus(v, opt.epsilon * sqrt_c2)
+        torch._foreach_div_(denominator, step_size)
 
-    # w <- w - lr * q * m_hat / (sqrt(v_hat) + epsilon)
-    denominator = torch._foreach_sqrt(v)
-    torch._foreach_div_(denominator, torch.sqrt(correction_2))
-    torch._foreach_add_(denominator, opt.epsilon)
-    torch._foreach_div_(step, denominator)
-    torch._foreach_mul_(step, lr)
-    torch._foreach_sub_(w, step)
+    torch._foreach_addcdiv_(w, numerator, denominator, value=-1)
 
 
-def _gated(opt, m_hat, s, correction_s, first_step):
-    """q * m_hat, with q from the optimizer's gate (first step: q = 1)."""
-    if opt.gate is None:
-        return m_hat
-    noise = torch._foreach_div(s, correction_s)  # s_hat
-    stabiliser = opt.epsilon**2
-    if opt.reduction == "per_tensor":
-        signal = torch.stack(torch._foreach_norm(m_hat)) ** 2
-        noise = torch.stack(torch._foreach_norm(noise, 1))
-        q = _gate_values(opt, signal, noise, stabiliser)
-        q = q + first_step * (1 - q)
-        return [mh * qi for mh, qi in zip(m_hat, q.unbind())]
-    signal = torch._foreach_mul(m_hat, m_hat)
+def _elementwise_gate(opt, m, s, c1, cs):
+    """The gate q from raw m and s, in a new list."""
+    c1_sq = c1 * c1
+    noise_scale = c1_sq / cs  # s_hat * c1**2 = noise_scale * s
+    stabiliser = opt.epsilon**2 * c1_sq
     if opt.gate == "snr":
-        denominator = torch._foreach_add(signal, noise, alpha=opt.softness * opt.alpha)
+        # q = m**2 / (m**2 + lam * alpha * noise_scale * s + stabiliser)
+        denominator = torch._foreach_mul(s, (opt.softness * opt.alpha) * noise_scale)
+        torch._foreach_addcmul_(denominator, m, m)
         torch._foreach_add_(denominator, stabiliser)
-        q = torch._foreach_div(signal, denominator)
-    elif opt.gate == "soft":
-        excess = torch._foreach_sub(signal, noise, alpha=opt.alpha)
-        torch._foreach_clamp_min_(excess, 0.0)
-        denominator = torch._foreach_add(excess, noise, alpha=opt.softness)
-        torch._foreach_add_(denominator, stabiliser)
-        q = torch._foreach_div(excess, denominator)
-    else:  # hard: 1 where signal > alpha * noise, else 0
-        q = torch._foreach_sub(signal, noise, alpha=opt.alpha)
+        q = torch._foreach_div(m, denominator)
+        del denominator
+        torch._foreach_mul_(q, m)
+        return q
+    # excess = m**2 - alpha * noise_scale * s
+    q = torch._foreach_mul(s, -opt.alpha * noise_scale)
+    torch._foreach_addcmul_(q, m, m)
+    if opt.gate == "hard":  # 1 where excess > 0, else 0
         torch._foreach_sign_(q)
         torch._foreach_clamp_min_(q, 0.0)
-    # q <- q + first_step * (1 - q), i.e. q * (1 - first_step) + first_step
-    torch._foreach_mul_(q, 1 - first_step)
-    torch._foreach_add_(q, first_step)
-    torch._foreach_mul_(q, m_hat)
+        return q
+    # soft: d = max(excess, 0); q = d / (d + lam * noise_scale * s + stabiliser)
+    torch._foreach_clamp_min_(q, 0.0)
+    denominator = torch._foreach_mul(s, opt.softness * noise_scale)
+    torch._foreach_add_(denominator, q)
+    torch._foreach_add_(denominator, stabiliser)
+    torch._foreach_div_(q, denominator)
     return q
+
+
+def _sqrt_plus(v, eps):
+    out = torch._foreach_sqrt(v)
+    torch._foreach_add_(out, eps)
+    return out
 
 
 def _gate_values(opt, signal, noise, stabiliser):
@@ -107,6 +159,18 @@ def _gate_values(opt, signal, noise, stabiliser):
         excess = torch.clamp_min(signal - opt.alpha * noise, 0.0)
         return excess / (excess + opt.softness * noise + stabiliser)
     return (signal > opt.alpha * noise).to(signal.dtype)
+
+
+def _log_decays(opt, device):
+    """log of (beta_1, beta_2, rho) as a float32 tensor on `device`, cached."""
+    cache = opt.__dict__.setdefault("_torch_fast_path_log_decays", {})
+    key = (str(device), opt.beta_1, opt.beta_2, opt.rho)
+    if key not in cache:
+        cache.clear()
+        logs = [math.log(d) if d > 0 else -math.inf
+                for d in (opt.beta_1, opt.beta_2, opt.rho)]
+        cache[key] = torch.tensor(logs, dtype=torch.float32, device=device)
+    return cache[key]
 
 
 def _value(x):

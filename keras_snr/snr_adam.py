@@ -310,8 +310,15 @@ class SNRAdam(keras.optimizers.Optimizer):
         correction_2 = ops.cast(bias_correction(self.beta_2, t), dtype)
         correction_s = ops.cast(bias_correction(self.rho, t), dtype)
 
-        new_s = self.rho * s + (1 - self.rho) * ops.square(g - m)
         new_m = self.beta_1 * m + (1 - self.beta_1) * g
+        # g - m (m from before this step), read off the new m: then nothing
+        # reads the old m after the new one is written, and XLA updates the
+        # donated momentum buffer in place instead of copying it first.
+        if self.beta_1 > 0:
+            delta = (g - new_m) / self.beta_1
+        else:
+            delta = g - m
+        new_s = self.rho * s + (1 - self.rho) * ops.square(delta)
         new_v = self.beta_2 * v + (1 - self.beta_2) * ops.square(g)
         m_hat = new_m / correction_1
         v_hat = new_v / correction_2
@@ -319,7 +326,8 @@ class SNRAdam(keras.optimizers.Optimizer):
 
         q = self._gate(ops.square(m_hat), s_hat)
         first_step = ops.cast(ops.equal(t, 1.0), dtype)
-        q = q + first_step * (1 - q)
+        # q = 1 on the first step; one use of q, so it fuses into the update.
+        q = first_step + (1 - first_step) * q
 
         self.assign(s, new_s)
         self.assign(m, new_m)
@@ -408,7 +416,11 @@ def _dense(gradient):
 def _check_saved_layout(optimizer, store):
     expected = len(optimizer.variables)
     found = len(store.keys())
-    marker_index = optimizer.variables.index(optimizer._slot_layout_version)
+    # By identity: Keras variables overload `==` elementwise.
+    marker_index = next(
+        i for i, v in enumerate(optimizer.variables)
+        if v is optimizer._slot_layout_version
+    )
     marker = store[str(marker_index)] if str(marker_index) in store.keys() else None
     marker_ok = (
         marker is not None
