@@ -1,8 +1,8 @@
 """
 Title: Training without a validation set
 Author: keras_snr contributors
-Date created: 2025/01/01
-Last modified: 2025/01/01
+Date created: 2026/11/28
+Last modified: 2026/11/28
 Description: Estimate held-out loss from the training run alone with `PopulationRiskEstimate`, and early-stop on it.
 """
 
@@ -102,6 +102,28 @@ print("epoch of lowest pop_risk:", int(np.argmin(h["pop_risk"])) + 1)
 print("epoch of lowest held-out loss:", int(np.argmin(h["val_loss"])) + 1)
 
 """
+A curve says more than the table: the estimate against the held-out loss
+it never saw, with the training loss for reference.
+"""
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+epochs_axis = np.arange(1, epochs + 1)
+plt.figure(figsize=(6, 4))
+plt.plot(epochs_axis, h["loss"], label="training loss (noisy labels)")
+plt.plot(epochs_axis, h["pop_risk"], label="pop_risk (no held-out data)")
+plt.plot(epochs_axis, h["val_loss"], "--", label="held-out loss (truth)")
+plt.xlabel("epoch")
+plt.ylabel("cross-entropy")
+plt.legend()
+plt.tight_layout()
+plt.savefig("pop_risk_vs_held_out.png", dpi=100)
+print("saved pop_risk_vs_held_out.png")
+
+"""
 ## Early stopping on `pop_risk`
 
 `EarlyStopping(monitor="pop_risk")` works as with `val_loss`; pass
@@ -132,6 +154,18 @@ print("held-out loss after early stopping on pop_risk:",
       round(float(model2.evaluate(x_test, y_test, verbose=0)), 3))
 
 """
+## How accurate is it?
+
+Measured by `benchmarks/population_risk_validation.py` (torch backend, seeds
+0-2, held-out data never seen by the estimator): on noisy-label digits the
+default estimator's Spearman correlation with the held-out loss over epochs
+was 0.94 +- 0.03 under Adam dynamics and 0.91 +- 0.05 under the SNR gate,
+with early-stopping regret 3.9 % and 1.9 % (never stopping: 36 % and 18 %)
+and a mean absolute error of 28-36 % of the held-out loss. On
+teacher-student regression, modular addition and a noisy-image fit it did
+not track the held-out loss (Spearman between -1.0 and 0.5). It is not the
+paper's estimator, whose formula we could not read.
+
 ## When not to trust it
 
 - The estimate is built from end-of-epoch snapshots of the optimizer
