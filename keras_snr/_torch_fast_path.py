@@ -21,12 +21,14 @@ and, multiplying the gate's numerator and denominator by `c1**2`,
           q = d / (d + lam * (c1**2 / cs) * s + eps**2 * c1**2)
     hard: q = 1 if m**2 > alpha * (c1**2 / cs) * s else 0
 
-so no bias-corrected copy of `m`, `v` or `s` is ever materialised. All
-per-step scalars stay 0-d tensors on the variables' device (no host sync).
-Parameter-sized work is in-place wherever possible: one scratch list (first
-`g - m`, then the gate) and one for `sqrt(v) + eps'` are the only
-temporaries (fresh allocations are the dominant cost of small kernels on
-CPU).
+so no bias-corrected copy of `m`, `v` or `s` is ever materialised. On
+accelerators the per-step scalars stay 0-d tensors on the device (no host
+sync); on CPU they are Python floats (see `HOST_SCALARS_ON_CPU`).
+The slots are updated in place, and at most two parameter-sized temporaries
+are alive at once (`g - m`, then the gate's denominator and `q`, then
+`sqrt(v) + eps * sqrt(c2)`). `Variable._value` is read directly: the
+`value` property's scope checks cost more than the kernels for models with
+many small variables.
 """
 
 import math
@@ -53,6 +55,13 @@ def supports(optimizer, grads, variables):
     return len(dtypes) == 1
 
 
+# Where the variables live on the CPU, reading the step count costs no device
+# sync, so the per-step scalars are Python floats and the first step is a
+# branch (two kernels fewer per step). Elsewhere they stay 0-d device
+# tensors. Tests set this to False to run the device-scalar path on CPU.
+HOST_SCALARS_ON_CPU = True
+
+
 @torch.no_grad()
 def update(optimizer, grads, variables, learning_rate):
     opt = optimizer
@@ -65,59 +74,81 @@ def update(optimizer, grads, variables, learning_rate):
     v = [opt._velocities[i]._value for i in index]
     s = [opt._noise_variances[i]._value for i in index]
     g = list(grads)
+    host = HOST_SCALARS_ON_CPU and w[0].device.type == "cpu"
+    sc = _Scalars(opt, w[0], learning_rate, host)
 
-    dtype, device = w[0].dtype, w[0].device
-    # Per-step scalars, as 0-d tensors on the device. Bias corrections
-    # `1 - decay**t` as in `snr_adam.bias_correction`: -expm1(t * log(decay))
-    # in float32 (log(0) = -inf gives exactly 1), then cast.
-    # With gradient accumulation `iterations` is a tensor, not a Variable.
-    t = (_value(opt.iterations) + 1).to(torch.float32)
-    c1, c2, cs = torch.expm1(t * _log_decays(opt, device)).neg_().to(dtype).unbind()
-    first_step = (t == 1).to(dtype)
-    lr = torch.as_tensor(_value(learning_rate), dtype=dtype, device=device)
-    sqrt_c2 = torch.sqrt(c2)
-    step_size = lr * sqrt_c2 / c1
+    _update_moments(opt, g, m, v, s)
+    if opt.gate is None or (host and sc.first_step):
+        numerator = m  # q = 1
+    elif opt.reduction == "per_tensor":
+        # sum(m_hat**2) and sum(s_hat) per variable (s >= 0: L1 = sum).
+        signal = torch.stack(torch._foreach_norm(m)) ** 2 / (sc.c1 * sc.c1)
+        noise = torch.stack(torch._foreach_norm(s, 1)) / sc.cs
+        q = _gate_values(opt, signal, noise, opt.epsilon**2)
+        q = q + sc.first_step * (1 - q)  # q = 1 on the first step
+        # step_size * q * m / (sqrt(v) + eps'); q = 0 gives m / inf = 0.
+        denominator = _sqrt_plus(v, sc.eps)
+        torch._foreach_div_(denominator, list((sc.step_size * q).unbind()))
+        torch._foreach_addcdiv_(w, m, denominator, value=-1)
+        return
+    else:
+        numerator = _elementwise_gate(opt, m, s, sc.c1, sc.cs)  # q
+        if not host:
+            # q <- step_size * (q + first_step * (1 - q)), first_step 0 or 1
+            torch._foreach_mul_(numerator, sc.step_size * (1 - sc.first_step))
+            torch._foreach_add_(numerator, sc.step_size * sc.first_step)
+        torch._foreach_mul_(numerator, m)
+    denominator = _sqrt_plus(v, sc.eps)
+    # w <- w - step_size * q * m / (sqrt(v) + eps * sqrt(c2))
+    if host:
+        torch._foreach_addcdiv_(w, numerator, denominator, value=-sc.step_size)
+    else:
+        if numerator is m:
+            torch._foreach_div_(denominator, sc.step_size)
+        torch._foreach_addcdiv_(w, numerator, denominator, value=-1)
 
+
+class _Scalars:
+    """Per-step scalars: Python floats (`host`) or 0-d device tensors."""
+
+    def __init__(self, opt, like, learning_rate, host):
+        dtype, device = like.dtype, like.device
+        # Bias corrections `1 - decay**t` as in `snr_adam.bias_correction`:
+        # -expm1(t * log(decay)) in float32 (log(0) = -inf gives exactly 1),
+        # then cast. With gradient accumulation `iterations` is a tensor.
+        t = (_value(opt.iterations) + 1).to(device=device, dtype=torch.float32)
+        corrections = torch.expm1(t * _log_decays(opt, device)).neg_().to(dtype)
+        lr = torch.as_tensor(_value(learning_rate), device=device).to(dtype)
+        if host:
+            self.first_step = float(t) == 1.0
+            self.c1, c2, self.cs = corrections.tolist()
+            sqrt_c2 = math.sqrt(c2)
+            lr = float(lr)
+        else:
+            self.first_step = (t == 1).to(dtype)
+            self.c1, c2, self.cs = corrections.unbind()
+            sqrt_c2 = torch.sqrt(c2)
+        # lr * q * m_hat / (sqrt(v_hat) + eps)
+        #     = step_size * q * m / (sqrt(v) + eps * sqrt(c2))
+        self.step_size = lr * sqrt_c2 / self.c1
+        self.eps = opt.epsilon * sqrt_c2
+
+
+def _update_moments(opt, g, m, v, s):
     # s <- rho * s + (1 - rho) * (g - m)**2, with m from before this step.
-    scratch = torch._foreach_sub(g, m)
+    deviation = torch._foreach_sub(g, m)
     torch._foreach_mul_(s, opt.rho)
-    torch._foreach_addcmul_(s, scratch, scratch, value=1 - opt.rho)
-    del scratch
+    torch._foreach_addcmul_(s, deviation, deviation, value=1 - opt.rho)
+    del deviation
     # m <- beta_1 * m + (1 - beta_1) * g ; v <- beta_2 * v + (1 - beta_2) * g**2
     torch._foreach_lerp_(m, g, 1 - opt.beta_1)
     torch._foreach_mul_(v, opt.beta_2)
     torch._foreach_addcmul_(v, g, g, value=1 - opt.beta_2)
 
-    # w <- w - numerator / denominator, with (lr * sqrt(c2) / c1) * q folded
-    # into one of them and
-    # sqrt(v_hat) + eps = (sqrt(v) + eps * sqrt(c2)) / sqrt(c2).
-    if opt.gate is not None and opt.reduction == "elementwise":
-        numerator = _elementwise_gate(opt, m, s, c1, cs)
-        # numerator <- step_size * (q + first_step * (1 - q)) * m
-        torch._foreach_mul_(numerator, step_size * (1 - first_step))
-        torch._foreach_add_(numerator, step_size * first_step)
-        torch._foreach_mul_(numerator, m)
-        denominator = _sqrt_plus(v, opt.epsilon * sqrt_c2)
-    elif opt.gate is not None:  # per_tensor
-        # sum(m_hat**2) and sum(s_hat) per variable (s >= 0: L1 = sum).
-        signal = torch.stack(torch._foreach_norm(m)) ** 2 / (c1 * c1)
-        noise = torch.stack(torch._foreach_norm(s, 1)) / cs
-        q = _gate_values(opt, signal, noise, opt.epsilon**2)
-        q = q + first_step * (1 - q)  # q = 1 on the first step
-        # step_size * q * m / denominator; q = 0 gives m / inf = 0.
-        numerator = m
-        denominator = _sqrt_plus(v, opt.epsilon * sqrt_c2)
-        torch._foreach_div_(denominator, list((step_size * q).unbind()))
-    else:
-        numerator = m
-        denominator = _sqrt_plus(v, opt.epsilon * sqrt_c2)
-        torch._foreach_div_(denominator, step_size)
-
-    torch._foreach_addcdiv_(w, numerator, denominator, value=-1)
-
 
 def _elementwise_gate(opt, m, s, c1, cs):
-    """The gate q from raw m and s, in a new list."""
+    """The gate q from raw m and s, in a new list (c1, cs floats or 0-d
+    tensors)."""
     c1_sq = c1 * c1
     noise_scale = c1_sq / cs  # s_hat * c1**2 = noise_scale * s
     stabiliser = opt.epsilon**2 * c1_sq

@@ -33,7 +33,19 @@ GRID = (
         )
     ]
 )
-PATHS = ["fast", "generic"] if BACKEND == "torch" else ["default"]
+# On torch: the foreach fast path with host (Python float) per-step scalars,
+# as it runs on CPU; the same with 0-d device-tensor scalars, as it runs on
+# accelerators; and Keras's generic per-variable path.
+PATHS = ["fast", "fast-device-scalars", "generic"] if BACKEND == "torch" else ["default"]
+
+
+@pytest.fixture(autouse=True)
+def _select_torch_path(request, monkeypatch):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("path") == "fast-device-scalars":
+        from keras_snr import _torch_fast_path
+
+        monkeypatch.setattr(_torch_fast_path, "HOST_SCALARS_ON_CPU", False)
 
 
 def _config_id(c):
