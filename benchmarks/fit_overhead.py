@@ -45,6 +45,8 @@ import subprocess
 import sys
 import time
 
+from _common import median, set_threads  # noqa: E402  (benchmarks/ is on sys.path)
+
 BACKENDS = ("tensorflow", "jax", "torch")
 ARM_TITLES = {
     "adam": "Adam",
@@ -216,36 +218,6 @@ def make_timer_class():
             self._last = now
 
     return WindowTimer, BatchTimer
-
-
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
-def set_threads(n):
-    if not n:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend == "jax":
-        flags = os.environ.get("XLA_FLAGS", "")
-        if n == 1:
-            flags += " --xla_cpu_multi_thread_eigen=false"
-        os.environ["XLA_FLAGS"] = (flags + f" intra_op_parallelism_threads={n}").strip()
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(n)
-        torch.set_num_interop_threads(n)
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-
-
 def describe_device(backend):
     if backend == "jax":
         import jax

@@ -66,6 +66,8 @@ import subprocess
 import sys
 import time
 
+from _common import median  # noqa: E402  (benchmarks/ is on sys.path)
+
 BACKENDS = ("jax", "torch")
 GATES = ("snr", "soft", "hard", None)
 REDUCTIONS = ("elementwise", "per_tensor")
@@ -508,13 +510,6 @@ def _common_versions():
 
 
 # ------------------------------------------------------------------ timing
-
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
 def quantile(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]

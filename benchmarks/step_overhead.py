@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 
+from _common import median, set_threads  # noqa: E402  (benchmarks/ is on sys.path)
+
 BACKENDS = ("tensorflow", "jax", "torch")
 ARMS = ("snr", "snr_per_tensor", "adam", "sgd")
 _JSON_TAG = "STEP_OVERHEAD_JSON "
@@ -224,35 +226,6 @@ def time_arms(steppers, rounds, steps_per_round, warmup, seed, clock=time.perf_c
                 step()
                 times[arm].append(clock() - t0)
     return times
-
-
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
-def set_threads(n):
-    """Limit intra-op CPU threads; must run before the backend is imported."""
-    if not n:
-        return
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if n == 1:
-        flags += " --xla_cpu_multi_thread_eigen=false"
-    os.environ["XLA_FLAGS"] = (flags + f" intra_op_parallelism_threads={n}").strip()
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(n)
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-
-
 def run_backend(args):
     """Time every model (and TF mode) on this process's backend."""
     set_threads(args.threads)

@@ -253,8 +253,10 @@ class SNRAdam(keras.optimizers.Optimizer):
         self.softness = float(softness)
         self.alpha = float(alpha)
         self.reduction = reduction
-        # Set to False to force the generic per-variable path on torch.
+        # Set to False to force the generic per-variable path on torch, or
+        # the uncompiled update on TensorFlow.
         self.use_torch_fast_path = True
+        self.xla_update_on_tensorflow = True
 
     # ------------------------------------------------------------------ state
 
@@ -295,59 +297,102 @@ class SNRAdam(keras.optimizers.Optimizer):
     # ----------------------------------------------------------- the update
 
     def update_step(self, gradient, variable, learning_rate):
-        """One SNR-Adam step on one variable; the math of the docstring."""
+        """One SNR-Adam step on one variable: read state, `_update`, write."""
         dtype = _compute_dtype(variable.dtype)
         index = self._get_variable_index(variable)
-        m = self._momentums[index]
-        v = self._velocities[index]
-        s = self._noise_variances[index]
+        slots = (
+            self._momentums[index],
+            self._velocities[index],
+            self._noise_variances[index],
+        )
+        new_w, *new_slots = self._compiled_update()(
+            ops.cast(_dense(gradient), dtype),
+            ops.cast(variable, dtype),
+            *slots,
+            ops.cast(learning_rate, dtype),
+            ops.cast(self.iterations + 1, "float32"),
+        )
+        for slot, value in zip(slots, new_slots):
+            self.assign(slot, value)
+        self.assign(variable, ops.cast(new_w, variable.dtype))
 
-        g = ops.cast(_dense(gradient), dtype)
-        w = ops.cast(variable, dtype)
-        lr = ops.cast(learning_rate, dtype)
-        t = ops.cast(self.iterations + 1, "float32")
-        correction_1 = ops.cast(bias_correction(self.beta_1, t), dtype)
-        correction_2 = ops.cast(bias_correction(self.beta_2, t), dtype)
-        correction_s = ops.cast(bias_correction(self.rho, t), dtype)
+    def _update(self, g, w, m, v, s, lr, t):
+        """The math of the docstring, as a pure function of tensors.
+
+        Returns the new `(w, m, v, s)`. `t` is the 1-based step, float32.
+        """
+        dtype = w.dtype
+        c1 = ops.cast(bias_correction(self.beta_1, t), dtype)
+        c2 = ops.cast(bias_correction(self.beta_2, t), dtype)
+        cs = ops.cast(bias_correction(self.rho, t), dtype)
 
         new_m = self.beta_1 * m + (1 - self.beta_1) * g
         # g - m (m from before this step), read off the new m: then nothing
         # reads the old m after the new one is written, and XLA updates the
         # donated momentum buffer in place instead of copying it first.
-        if self.beta_1 > 0:
+        # (Dividing by a small beta_1 would amplify rounding.)
+        if self.beta_1 >= 0.5:
             delta = (g - new_m) / self.beta_1
         else:
             delta = g - m
         new_s = self.rho * s + (1 - self.rho) * ops.square(delta)
         new_v = self.beta_2 * v + (1 - self.beta_2) * ops.square(g)
-        m_hat = new_m / correction_1
-        v_hat = new_v / correction_2
-        s_hat = new_s / correction_s
 
-        q = self._gate(ops.square(m_hat), s_hat)
-        first_step = ops.cast(ops.equal(t, 1.0), dtype)
-        # q = 1 on the first step; one use of q, so it fuses into the update.
-        q = first_step + (1 - first_step) * q
+        # The bias corrections are folded into scalars, so no corrected copy
+        # of m, v or s is computed. Multiplying the gate's terms by c1**2:
+        #     m_hat**2 vs s_hat    <=>   m**2 vs (c1**2 / cs) * s
+        # and lr * m_hat / (sqrt(v_hat) + epsilon)
+        #     = (lr * sqrt(c2) / c1) * m / (sqrt(v) + epsilon * sqrt(c2)).
+        q = self._gate(
+            ops.square(new_m), new_s, noise_scale=c1 * c1 / cs, stabiliser_scale=c1 * c1
+        )
+        q = ops.where(ops.equal(t, 1.0), ops.ones((), dtype), q)  # open on step 1
+        sqrt_c2 = ops.sqrt(c2)
+        step_size = lr * sqrt_c2 / c1
+        new_w = w - step_size * q * new_m / (ops.sqrt(new_v) + self.epsilon * sqrt_c2)
+        return new_w, new_m, new_v, new_s
 
-        self.assign(s, new_s)
-        self.assign(m, new_m)
-        self.assign(v, new_v)
-        new_w = w - lr * q * m_hat / (ops.sqrt(v_hat) + self.epsilon)
-        self.assign(variable, ops.cast(new_w, variable.dtype))
+    def _compiled_update(self):
+        """`_update`, XLA-compiled on TensorFlow.
 
-    def _gate(self, signal, noise):
-        """q in [0, 1] from signal m_hat**2 and noise s_hat (see docstring)."""
+        Without XLA, TensorFlow runs each of the ~30 elementwise ops above as
+        its own kernel, each reading and writing a parameter-sized tensor;
+        compiled, they fuse into a few loops. (Inside a `jit_compile=True`
+        step the inner compilation merges into the outer one.) JAX already
+        compiles the whole step; torch has `_torch_fast_path`.
+        """
+        if keras.backend.backend() != "tensorflow" or not self.xla_update_on_tensorflow:
+            return self._update
+        if getattr(self, "_xla_update", None) is None:
+            import tensorflow as tf
+
+            compiled = tf.function(self._update, jit_compile=True, reduce_retracing=True)
+
+            def xla_update(*args):  # variables in, their values to XLA
+                return compiled(*(tf.convert_to_tensor(x) for x in args))
+
+            self._xla_update = xla_update
+        return self._xla_update
+
+    def _gate(self, signal, noise, noise_scale=1.0, stabiliser_scale=1.0):
+        """q in [0, 1] from signal m_hat**2 and noise s_hat (see docstring).
+
+        `update_step` passes the uncorrected m**2 and s with
+        `noise_scale = c1**2 / cs` and `stabiliser_scale = c1**2`, which
+        gives the same q.
+        """
         if self.gate is None:
             return ops.ones((), signal.dtype)
         if self.reduction == "per_tensor":
             signal, noise = ops.sum(signal), ops.sum(noise)
-        stabiliser = self.epsilon**2
+        stabiliser = self.epsilon**2 * stabiliser_scale
         if self.gate == "snr":
-            return signal / (signal + self.softness * self.alpha * noise + stabiliser)
+            scale = self.softness * self.alpha * noise_scale
+            return signal / (signal + scale * noise + stabiliser)
         if self.gate == "soft":
-            excess = ops.relu(signal - self.alpha * noise)
-            return excess / (excess + self.softness * noise + stabiliser)
-        return ops.cast(ops.greater(signal, self.alpha * noise), signal.dtype)
+            excess = ops.relu(signal - (self.alpha * noise_scale) * noise)
+            return excess / (excess + (self.softness * noise_scale) * noise + stabiliser)
+        return ops.cast(ops.greater(signal, (self.alpha * noise_scale) * noise), signal.dtype)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if keras.backend.backend() == "torch" and self.use_torch_fast_path:

@@ -37,6 +37,9 @@ GRID = (
 # as it runs on CPU; the same with 0-d device-tensor scalars, as it runs on
 # accelerators; and Keras's generic per-variable path.
 PATHS = ["fast", "fast-device-scalars", "generic"] if BACKEND == "torch" else ["default"]
+# On TensorFlow the update is XLA-compiled by default; the free-running
+# trajectory also checks it uncompiled.
+TRAJECTORY_PATHS = PATHS + (["uncompiled"] if BACKEND == "tensorflow" else [])
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +70,8 @@ def _make(config, weight_decay, path):
         optimizer.exclude_from_weight_decay(var_names=["nodecay"])
     if path == "generic":
         optimizer.use_torch_fast_path = False
+    if path == "uncompiled":
+        optimizer.xla_update_on_tensorflow = False
     return optimizer
 
 
@@ -171,7 +176,7 @@ def test_matches_numpy_reference(config, weight_decay, path):
                 )
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", TRAJECTORY_PATHS)
 @pytest.mark.parametrize(
     "config",
     [dict(gate="snr"), dict(gate="soft", reduction="per_tensor", softness=0.3)],
