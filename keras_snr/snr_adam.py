@@ -359,9 +359,15 @@ class SNRAdam(keras.optimizers.Optimizer):
         its own kernel, each reading and writing a parameter-sized tensor;
         compiled, they fuse into a few loops. (Inside a `jit_compile=True`
         step the inner compilation merges into the outer one.) JAX already
-        compiles the whole step; torch has `_torch_fast_path`.
+        compiles the whole step; torch has `_torch_fast_path`. Inside a
+        step that is already XLA-compiled the plain function is used: a
+        nested compiled call measured ~9 % slower there.
         """
-        if keras.backend.backend() != "tensorflow" or not self.xla_update_on_tensorflow:
+        if (
+            keras.backend.backend() != "tensorflow"
+            or not self.xla_update_on_tensorflow
+            or _in_xla_context()
+        ):
             return self._update
         if getattr(self, "_xla_update", None) is None:
             import tensorflow as tf
@@ -440,6 +446,20 @@ def bias_correction(decay, t):
     if decay == 0:
         return ops.ones_like(t)
     return -ops.expm1(t * math.log(decay))
+
+
+def _in_xla_context():
+    """Whether TensorFlow is tracing into an XLA-compiled function (the test
+    TensorFlow's own `tf.function` uses; private API, so fail safe)."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except Exception:  # pragma: no cover - internals moved: nesting is only slower
+        return False
 
 
 def _compute_dtype(dtype):
