@@ -1,0 +1,65 @@
+"""The long benchmarks behind the README's results still run.
+
+Each runs once, at a toy size, on JAX (the backend all four use for their
+jitted training loops), writing its JSON lines to a temporary file, never to
+`benchmarks/results/`. The checks are that every requested arm finished and
+recorded a finite result; the numbers themselves mean nothing at this size.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TESTS_DIR, only_on
+
+BENCHMARKS = os.path.join(os.path.dirname(TESTS_DIR), "benchmarks")
+
+CASES = {
+    "grokking": (
+        ["--task", "add_mlp", "--fraction", "0.5", "--cap", "200", "--seeds", "0",
+         "--arms", "adamw:lr=1e-3,wd=1", "snr:lr=1e-3,wd=1,alpha=fin",
+         "grokfast:lr=1e-3,wd=1,a=0.98,lamb=2"],
+        {"adamw:lr=1e-3,wd=1", "snr:lr=1e-3,wd=1,alpha=fin",
+         "grokfast:lr=1e-3,wd=1,a=0.98,lamb=2"},
+        lambda r: r["history"][-1][1],  # [step, held-out accuracy, ...]
+    ),
+    "inr_denoising": (
+        ["--size", "16", "--sigmas", "0.1", "--seeds", "0", "--lrs", "1e-3",
+         "--steps", "20", "--eval-every", "10", "--batch", "64"],
+        {"adam", "snr_alpha1", "snr_finite"},
+        lambda r: r["final_clean"],
+    ),
+    "pinn_convection": (
+        ["--steps", "20", "--eval-every", "10", "--seeds", "0", "--n-col", "64",
+         "--adamw-lrs", "1e-3", "--snr-lrs", "1e-3"],
+        {"adamw@0.001", "snr1@0.001", "snrf@0.001"},
+        lambda r: r["final_rel_l2"],
+    ),
+    "dpo": (
+        ["--seeds", "0", "--flips", "0.3", "--epochs", "1", "--lrs", "1e-3",
+         "--pretrain-seqs", "128", "--pretrain-epochs", "1", "--arms", "adam", "snr_a1"],
+        {"adam", "snr_a1"},
+        lambda r: r["final"]["test_acc"],
+    ),
+}
+
+
+@only_on("jax")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_runs_at_toy_size(name, tmp_path):
+    args, arms, metric = CASES[name]
+    out = tmp_path / f"{name}.jsonl"
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, f"{name}.py"), *args, "--out", str(out)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    assert {r["arm"] for r in records} == arms
+    for record in records:
+        value = metric(record)
+        assert isinstance(value, (int, float)) and math.isfinite(value), (record["arm"], value)
