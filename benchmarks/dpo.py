@@ -398,10 +398,10 @@ def report(path):
            + "Same learning rate for every arm (untuned), test reward accuracy / drift, "
            "median over seeds:\n\n" + "\n".join(same) + "\n\n" + "\n".join(targets))
     print(f"Seeds present: {seeds}\n\n" + out)
-    plot(runs, summary)
+    plot(runs, summary, os.path.splitext(path)[0] + ".png")
 
 
-def plot(runs, summary, flip=0.3, same_lr=1e-3):
+def plot(runs, summary, png, flip=0.3, same_lr=1e-3):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -439,7 +439,7 @@ def plot(runs, summary, flip=0.3, same_lr=1e-3):
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "dpo.png"), dpi=100)
+    fig.savefig(png, dpi=100)
 
 
 if __name__ == "__main__":

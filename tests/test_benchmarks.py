@@ -52,14 +52,26 @@ CASES = {
 def test_benchmark_runs_at_toy_size(name, tmp_path):
     args, arms, metric = CASES[name]
     out = tmp_path / f"{name}.jsonl"
+    results = os.path.join(BENCHMARKS, "results")
+    before = _snapshot(results)
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, f"{name}.py"), *args, "--out", str(out)],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _snapshot(results) == before, "a run with --out elsewhere wrote to benchmarks/results/"
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     assert {r["arm"] for r in records} == arms
     for record in records:
         value = metric(record)
         assert isinstance(value, (int, float)) and math.isfinite(value), (record["arm"], value)
+
+
+def _snapshot(folder):
+    if not os.path.isdir(folder):
+        return {}
+    return {
+        name: os.stat(os.path.join(folder, name)).st_mtime_ns
+        for name in sorted(os.listdir(folder))
+    }
