@@ -41,11 +41,10 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 
-from _common import median, set_threads  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import median, run_per_backend, set_threads, strip_options, write_outputs  # noqa: E402  (benchmarks/ is on sys.path)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 ARM_TITLES = {
@@ -361,39 +360,17 @@ def table(rows):
 def emit(rows, args):
     text = table(rows)
     print(text, flush=True)
-    if args.markdown_out:
-        with open(args.markdown_out, "w") as f:
-            f.write(text + "\n")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"argv": sys.argv[1:], "rows": rows}, f, indent=1)
+    write_outputs(text, {"rows": rows}, args.markdown_out, args.out)
 
 
 def run_all(args, argv):
-    here = os.path.abspath(__file__)
-    skip_next, child = False, []
-    for a in argv:
-        if skip_next:
-            skip_next = False
-            continue
-        if a in ("--backends", "--out", "--markdown-out"):
-            skip_next = True
-            continue
-        if a == "--all-backends" or a.split("=")[0] in ("--backends", "--out", "--markdown-out"):
-            continue
-        child.append(a)
-    rows, failed = [], []
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        proc = subprocess.run([sys.executable, here, "--json", *child], env=env,
-                              stdout=subprocess.PIPE, text=True)
-        got = [json.loads(line[len(_JSON_TAG):]) for line in proc.stdout.splitlines()
-               if line.startswith(_JSON_TAG)]
-        if proc.returncode != 0 or not got:
-            failed.append(backend)
-            sys.stderr.write(f"--- {backend} failed (exit {proc.returncode})\n")
-        rows += got
+    child = strip_options(
+        argv, valued=("--backends", "--out", "--markdown-out"), flags=("--all-backends",)
+    )
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows, failed = run_per_backend(
+        os.path.abspath(__file__), backends, ["--json", *child], _JSON_TAG
+    )
     emit(rows, args)
     return 1 if failed else 0
 

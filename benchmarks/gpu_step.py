@@ -62,11 +62,10 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 
-from _common import median  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import median, run_per_backend, strip_options, write_outputs  # noqa: E402  (benchmarks/ is on sys.path)
 
 BACKENDS = ("jax", "torch")
 GATES = ("snr", "soft", "hard", None)
@@ -713,50 +712,17 @@ def emit(results, args, quiet=False):
     text = table(results)
     if not quiet:
         print(text, flush=True)
-    if args.markdown_out:
-        with open(args.markdown_out, "w") as f:
-            f.write(text + "\n")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"argv": sys.argv[1:], "results": results}, f, indent=1)
+    write_outputs(text, {"results": results}, args.markdown_out, args.out)
 
 
 def run_all(args, argv):
-    here = os.path.abspath(__file__)
-    child_args = _strip_options(argv, ("--backend", "--out", "--markdown-out"))
-    results, failed = [], []
-    for backend in BACKENDS:
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        if args.malloc_cache:
-            env.update(MALLOC_CACHE_ENV)
-        proc = subprocess.run(
-            [sys.executable, here, "--backend", backend, "--json-lines", *child_args],
-            env=env, stdout=subprocess.PIPE, stderr=None, text=True,
-        )
-        got = [json.loads(line[len(_JSON_TAG):]) for line in proc.stdout.splitlines()
-               if line.startswith(_JSON_TAG)]
-        if proc.returncode != 0 or not got:
-            failed.append(backend)
-            sys.stderr.write(f"--- {backend} failed (exit {proc.returncode})\n")
-        results += got
+    child_args = strip_options(argv, valued=("--backend", "--out", "--markdown-out"))
+    results, failed = run_per_backend(
+        os.path.abspath(__file__), BACKENDS, ["--json-lines", *child_args], _JSON_TAG,
+        env=MALLOC_CACHE_ENV if args.malloc_cache else None, backend_flag="--backend",
+    )
     emit(results, args)
     return 1 if failed else 0
-
-
-def _strip_options(argv, names):
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in names:
-            skip = True
-            continue
-        if any(a.startswith(n + "=") for n in names):
-            continue
-        out.append(a)
-    return out
 
 
 def main(argv=None):

@@ -34,11 +34,10 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 
-from _common import median, set_threads  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import median, run_per_backend, set_threads, strip_options  # noqa: E402  (benchmarks/ is on sys.path)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 ARMS = ("snr", "snr_per_tensor", "adam", "sgd")
@@ -314,39 +313,12 @@ def table(rows, weight_decay):
 
 
 def run_all(args, argv):
-    here = os.path.abspath(__file__)
-    passthrough = [a for a in argv if a not in ("--all-backends",)]
-    # Drop a `--backends X` pair or `--backends=X` from what the child sees.
-    cleaned, skip = [], False
-    for a in passthrough:
-        if skip:
-            skip = False
-            continue
-        if a == "--backends":
-            skip = True
-            continue
-        if a.startswith("--backends="):
-            continue
-        cleaned.append(a)
-    rows, failed = [], []
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        proc = subprocess.run(
-            [sys.executable, here, "--json", *cleaned],
-            env=env, capture_output=True, text=True,
-        )
-        got = [
-            json.loads(line[len(_JSON_TAG):])
-            for line in proc.stdout.splitlines()
-            if line.startswith(_JSON_TAG)
-        ]
-        if proc.returncode != 0 or not got:
-            failed.append(backend)
-            sys.stderr.write(
-                f"--- {backend} failed (exit {proc.returncode})\n{proc.stderr[-3000:]}\n"
-            )
-        rows.extend(got)
+    cleaned = strip_options(argv, valued=("--backends",), flags=("--all-backends",))
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows, failed = run_per_backend(
+        os.path.abspath(__file__), backends, ["--json", *cleaned], _JSON_TAG,
+        capture_stderr=True,
+    )
     print(table(rows, args.weight_decay))
     return 1 if failed else 0
 
