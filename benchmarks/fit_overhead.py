@@ -170,9 +170,8 @@ def make_optimizer(arm, args):
         args.learning_rate,
         weight_decay=wd,
         reduction="per_tensor" if arm == "snr_per_tensor" else "elementwise",
+        fused=arm != "snr_generic",
     )
-    if arm == "snr_generic":
-        opt.use_torch_fast_path = False
     return opt
 
 

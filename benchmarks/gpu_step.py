@@ -20,7 +20,7 @@ rate:
   reduction (elementwise, per_tensor).
 - torch only: `SNRAdam snr elementwise, generic path` (the per-variable
   `update_step` that Keras runs for any optimizer subclass;
-  `use_torch_fast_path=False`); a hand-written in-place SNR-Adam step under
+  `fused=False`); a hand-written in-place SNR-Adam step under
   `torch.compile` (what a fused kernel achieves); and
   `torch.optim.AdamW(fused=True)` (falls back to `foreach=True` where fused
   is unsupported; the table says which).
@@ -223,9 +223,8 @@ def make_keras_optimizer(options, args):
         weight_decay=wd,
         gate=options["gate"],
         reduction=options["reduction"],
+        fused=not options.get("generic"),
     )
-    if options.get("generic"):
-        opt.use_torch_fast_path = False
     return opt
 
 

@@ -3,7 +3,7 @@
 The per-variable update is compiled once per distinct variable shape. This
 times the first and second `tf.function` optimizer step on variables of
 random distinct shapes, with the compiled update and without it
-(`xla_update_on_tensorflow = False`).
+(`SNRAdam(fused=False)`).
 
     python benchmarks/tf_first_step.py --vars 20
 """
@@ -33,8 +33,7 @@ def main():
     shapes = [(int(rng.integers(2, 200)), int(rng.integers(2, 200))) for _ in range(args.vars)]
     for xla in (True, False):
         variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in shapes]
-        optimizer = keras_snr.SNRAdam()
-        optimizer.xla_update_on_tensorflow = xla
+        optimizer = keras_snr.SNRAdam(fused=xla)
         grads = [tf.constant(rng.normal(size=s).astype("float32")) for s in shapes]
         step = tf.function(lambda g: optimizer.apply(g, variables))
         times = []
@@ -42,7 +41,7 @@ def main():
             start = time.perf_counter()
             step(grads)
             times.append(time.perf_counter() - start)
-        print(f"xla_update_on_tensorflow={xla}: first step {times[0]:.2f} s, "
+        print(f"fused={xla}: first step {times[0]:.2f} s, "
               f"second {times[1] * 1e3:.1f} ms ({len(set(shapes))} distinct shapes)")
 
 

@@ -110,30 +110,16 @@ class GrokfastAdamW(keras.optimizers.AdamW):
         return config
 
 
-def slot_values(optimizer, optimizer_variables=None):
-    """(m, v, s) lists of an SNRAdam, from `optimizer_variables` (stateless
-    JAX values in the order of `optimizer.variables`) or from the optimizer."""
+def mean_gate(optimizer, step=None, optimizer_variables=None):
+    """Mean gate q of an `SNRAdam` (`SNRAdam.gate_summary()`), read from
+    `optimizer_variables` (stateless JAX values in the order of
+    `optimizer.variables`) when given. `step` is unused (the optimizer's own
+    iteration count is read); kept for the callers' signature."""
     if optimizer_variables is None:
-        return ([x.value for x in group] for group in (
-            optimizer._momentums, optimizer._velocities, optimizer._noise_variances))
-    position = {id(x): i for i, x in enumerate(optimizer.variables)}
-    return ([optimizer_variables[position[id(x)]] for x in group] for group in (
-        optimizer._momentums, optimizer._velocities, optimizer._noise_variances))
-
-
-def mean_gate(optimizer, step, optimizer_variables=None):
-    """Mean gate q over all coordinates after `step` (>= 1) updates, with the
-    optimizer's own gate formula (`SNRAdam._gate`)."""
-    t = ops.cast(step, "float32")
-    c1 = bias_correction(optimizer.beta_1, t)
-    cs = bias_correction(optimizer.rho, t)
-    total, count = 0.0, 0
-    for m, v, s in zip(*slot_values(optimizer, optimizer_variables)):
-        q = optimizer._gate(ops.square(m / c1), s / cs)
-        size = int(np.prod(m.shape))
-        total = total + ops.mean(q) * size
-        count += size
-    return total / count
+        return optimizer.gate_summary()["gate_mean"]
+    mapping = list(zip(optimizer.variables, optimizer_variables))
+    with keras.StatelessScope(state_mapping=mapping):
+        return optimizer.gate_summary()["gate_mean"]
 
 
 def steps_to(history, threshold):

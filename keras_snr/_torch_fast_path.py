@@ -1,59 +1,38 @@
 """SNRAdam's update on the torch backend with `torch._foreach_*` kernels.
 
 Keras runs a custom optimizer on torch as per-variable eager ops; its own
-Adam uses multi-tensor (`_foreach`) kernels instead. This module is the same
-math as `SNRAdam.update_step` over all variables at once. It is selected
-inside `SNRAdam._backend_update_step` (no class swap, so the saved class name
-stays `keras_snr>SNRAdam`) and checked against the same NumPy reference as
-the generic path.
+Adam uses multi-tensor (`_foreach`) kernels instead. This module runs the
+same math as `SNRAdam._update` over all variables at once, and calls the
+same gate (`keras_snr.gate.gate`) on `_Tensors`, lists of tensors whose
+arithmetic is foreach kernels. It is selected inside
+`SNRAdam._backend_update_step` when `fused=True` (no class swap, so the saved
+class name stays `keras_snr>SNRAdam`) and checked against the same NumPy
+reference as the generic path.
 
-For speed the update is rearranged algebraically, with the bias corrections
-folded into scalars (`c1 = 1 - beta_1**t`, `c2 = 1 - beta_2**t`,
-`cs = 1 - rho**t`):
+As in `_update`, the bias corrections (`c1 = 1 - beta_1**t`, `c2 = 1 -
+beta_2**t`, `cs = 1 - rho**t`) are folded into scalars,
 
     lr * q * m_hat / (sqrt(v_hat) + eps)
-        = (lr * sqrt(c2) / c1) * q * m / (sqrt(v) + eps * sqrt(c2))
+        = (lr * sqrt(c2) / c1) * q * m / (sqrt(v) + eps * sqrt(c2)),
 
-and, multiplying the gate's numerator and denominator by `c1**2`,
-
-    snr:  q = m**2 / (m**2 + lam * alpha * (c1**2 / cs) * s + eps**2 * c1**2)
-    soft: d = max(m**2 - alpha * (c1**2 / cs) * s, 0)
-          q = d / (d + lam * (c1**2 / cs) * s + eps**2 * c1**2)
-    hard: q = 1 if m**2 > alpha * (c1**2 / cs) * s else 0
-
-so no bias-corrected copy of `m`, `v` or `s` is ever materialised. On
-accelerators the per-step scalars stay 0-d tensors on the device (no host
-sync); on CPU they are Python floats (see `HOST_SCALARS_ON_CPU`).
-The slots are updated in place, and at most two parameter-sized temporaries
-are alive at once (`g - m`, then the gate's denominator and `q`, then
-`sqrt(v) + eps * sqrt(c2)`). `Variable._value` is read directly: the
-`value` property's scope checks cost more than the kernels for models with
-many small variables.
+and the gate compares `m**2` with `(c1**2 / cs) * s`, so no bias-corrected
+copy of `m`, `v` or `s` is made. On accelerators the per-step scalars stay
+0-d tensors on the device (no host sync); on CPU they are Python floats
+(see `HOST_SCALARS_ON_CPU`). The slots are updated in place.
 """
 
 import math
 
 import torch
-from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+from keras_snr.gate import gate
+
+try:  # private Keras API, guarded: without it the generic path is used
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+except ImportError:  # pragma: no cover - exercised by a test with the import blocked
+    in_stateless_scope = None
 
 _FAST_DTYPES = (torch.float32, torch.float64)
-
-
-def supports(optimizer, grads, variables):
-    """The fast path covers dense float32/float64 variables with slots,
-    outside a stateless scope (it updates tensors in place)."""
-    if in_stateless_scope():
-        return False
-    dtypes = set()
-    for grad, variable in zip(grads, variables):
-        value = variable._value
-        if value.dtype not in _FAST_DTYPES or grad.dtype != value.dtype:
-            return False
-        if grad.is_sparse:
-            return False
-        dtypes.add(value.dtype)
-    return len(dtypes) == 1
-
 
 # Where the variables live on the CPU, reading the step count costs no device
 # sync, so the per-step scalars are Python floats and the first step is a
@@ -62,50 +41,78 @@ def supports(optimizer, grads, variables):
 HOST_SCALARS_ON_CPU = True
 
 
+def supports(optimizer, grads, variables):
+    """The fast path covers dense float32/float64 variables with slots,
+    outside a stateless scope (it updates tensors in place)."""
+    if in_stateless_scope is None or in_stateless_scope():
+        return False
+    dtypes = set()
+    for grad, variable in zip(grads, variables):
+        value = _tensor(variable)
+        if value.dtype not in _FAST_DTYPES or grad.dtype != value.dtype or grad.is_sparse:
+            return False
+        dtypes.add(value.dtype)
+    return len(dtypes) == 1
+
+
 @torch.no_grad()
 def update(optimizer, grads, variables, learning_rate):
     opt = optimizer
     index = [opt._get_variable_index(x) for x in variables]
-    # The tensors themselves (`Variable.value` is a property with scope
-    # checks, costly over hundreds of variables; `supports` has ruled out a
-    # stateless scope, and in-place updates need the real tensor anyway).
-    w = [x._value for x in variables]
-    m = [opt._momentums[i]._value for i in index]
-    v = [opt._velocities[i]._value for i in index]
-    s = [opt._noise_variances[i]._value for i in index]
+    w = [_tensor(x) for x in variables]
+    m = [_tensor(opt._momentums[i]) for i in index]
+    v = [_tensor(opt._velocities[i]) for i in index]
+    s = [_tensor(opt._noise_variances[i]) for i in index]
     g = list(grads)
     host = HOST_SCALARS_ON_CPU and w[0].device.type == "cpu"
     sc = _Scalars(opt, w[0], learning_rate, host)
 
-    _update_moments(opt, g, m, v, s)
-    if opt.gate is None or (host and sc.first_step):
-        numerator = m  # q = 1
-    elif opt.reduction == "per_tensor":
-        # sum(m_hat**2) and sum(s_hat) per variable (s >= 0: L1 = sum).
-        signal = torch.stack(torch._foreach_norm(m)) ** 2 / (sc.c1 * sc.c1)
-        noise = torch.stack(torch._foreach_norm(s, 1)) / sc.cs
-        q = _gate_values(opt, signal, noise, opt.epsilon**2)
-        q = q + sc.first_step * (1 - q)  # q = 1 on the first step
-        # step_size * q * m / (sqrt(v) + eps'); q = 0 gives m / inf = 0.
-        denominator = _sqrt_plus(v, sc.eps)
-        torch._foreach_div_(denominator, list((sc.step_size * q).unbind()))
-        torch._foreach_addcdiv_(w, m, denominator, value=-1)
-        return
-    else:
-        numerator = _elementwise_gate(opt, m, s, sc.c1, sc.cs)  # q
-        if not host:
-            # q <- step_size * (q + first_step * (1 - q)), first_step 0 or 1
-            torch._foreach_mul_(numerator, sc.step_size * (1 - sc.first_step))
-            torch._foreach_add_(numerator, sc.step_size * sc.first_step)
-        torch._foreach_mul_(numerator, m)
-    denominator = _sqrt_plus(v, sc.eps)
-    # w <- w - step_size * q * m / (sqrt(v) + eps * sqrt(c2))
+    # s <- rho * s + (1 - rho) * (g - m)**2, with m from before this step.
+    deviation = torch._foreach_sub(g, m)
+    torch._foreach_mul_(s, opt.rho)
+    torch._foreach_addcmul_(s, deviation, deviation, value=1 - opt.rho)
+    del deviation
+    # m <- beta_1 * m + (1 - beta_1) * g ; v <- beta_2 * v + (1 - beta_2) * g**2
+    torch._foreach_lerp_(m, g, 1 - opt.beta_1)
+    torch._foreach_mul_(v, opt.beta_2)
+    torch._foreach_addcmul_(v, g, g, value=1 - opt.beta_2)
+
+    # w <- w - step_size * q * m / (sqrt(v) + eps * sqrt(c2)), q = 1 on step 1
+    denominator = torch._foreach_sqrt(v)
+    torch._foreach_add_(denominator, sc.eps)
+    numerator = m
+    if opt.gate is not None and not (host and sc.first_step):
+        q = _gate(opt, m, s, sc)
+        if not host:  # q <- q * (1 - first_step) + first_step, first_step 0 or 1
+            torch._foreach_mul_(q, 1 - sc.first_step)
+            torch._foreach_add_(q, sc.first_step)
+        if opt.reduction == "per_tensor":  # q: one 0-d tensor per variable
+            torch._foreach_div_(denominator, q)  # q = 0: m / inf = 0
+        else:
+            torch._foreach_mul_(q, m)
+            numerator = q
     if host:
         torch._foreach_addcdiv_(w, numerator, denominator, value=-sc.step_size)
     else:
-        if numerator is m:
-            torch._foreach_div_(denominator, sc.step_size)
+        torch._foreach_div_(denominator, sc.step_size)
         torch._foreach_addcdiv_(w, numerator, denominator, value=-1)
+
+
+def _gate(opt, m, s, sc):
+    """The gate q from the raw slots via `keras_snr.gate.gate`: a list of
+    tensors like `m`, or of 0-d tensors with `reduction="per_tensor"`."""
+    stabiliser = opt.epsilon**2 * sc.c1 * sc.c1 + torch.finfo(m[0].dtype).tiny
+    noise_scale = sc.c1 * sc.c1 / sc.cs
+    settings = dict(
+        kind=opt.gate, alpha=opt.alpha, softness=opt.softness,
+        stabiliser=stabiliser, noise_scale=noise_scale,
+    )
+    if opt.reduction == "per_tensor":
+        # sum(m**2) and sum(s) per variable (s >= 0: its L1 norm is its sum).
+        signal = torch.stack(torch._foreach_norm(m)) ** 2
+        noise = torch.stack(torch._foreach_norm(s, 1))
+        return list(gate(signal, noise, xp=torch, **settings).unbind())
+    return gate(_Squared(m), _Tensors(s), xp=_Tensors, **settings).tensors
 
 
 class _Scalars:
@@ -128,68 +135,85 @@ class _Scalars:
             self.first_step = (t == 1).to(dtype)
             self.c1, c2, self.cs = corrections.unbind()
             sqrt_c2 = torch.sqrt(c2)
-        # lr * q * m_hat / (sqrt(v_hat) + eps)
-        #     = step_size * q * m / (sqrt(v) + eps * sqrt(c2))
         self.step_size = lr * sqrt_c2 / self.c1
         self.eps = opt.epsilon * sqrt_c2
 
 
-def _update_moments(opt, g, m, v, s):
-    # s <- rho * s + (1 - rho) * (g - m)**2, with m from before this step.
-    deviation = torch._foreach_sub(g, m)
-    torch._foreach_mul_(s, opt.rho)
-    torch._foreach_addcmul_(s, deviation, deviation, value=1 - opt.rho)
-    del deviation
-    # m <- beta_1 * m + (1 - beta_1) * g ; v <- beta_2 * v + (1 - beta_2) * g**2
-    torch._foreach_lerp_(m, g, 1 - opt.beta_1)
-    torch._foreach_mul_(v, opt.beta_2)
-    torch._foreach_addcmul_(v, g, g, value=1 - opt.beta_2)
+class _Tensors:
+    """A list of same-dtype tensors with elementwise arithmetic as
+    `torch._foreach_*` kernels (one call for all variables), so that
+    `keras_snr.gate.gate` runs on all of them at once. The other operand is
+    another `_Tensors`, a Python float or a 0-d tensor. In-place forms
+    (`+=`, `*=`) update the tensors of the left operand."""
+
+    __slots__ = ("tensors",)
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    @staticmethod
+    def _arg(other):
+        return other.tensors if isinstance(other, _Tensors) else other
+
+    def __add__(self, other):
+        return _Tensors(torch._foreach_add(self.tensors, self._arg(other)))
+
+    __radd__ = __add__
+
+    def __iadd__(self, other):
+        if isinstance(other, _Squared):
+            torch._foreach_addcmul_(self.tensors, other.tensors, other.tensors)
+        else:
+            torch._foreach_add_(self.tensors, self._arg(other))
+        return self
+
+    def __sub__(self, other):
+        return _Tensors(torch._foreach_sub(self.tensors, self._arg(other)))
+
+    def __rsub__(self, other):  # other - self
+        out = torch._foreach_neg(self.tensors)
+        torch._foreach_add_(out, other)
+        return _Tensors(out)
+
+    def __mul__(self, other):
+        return _Tensors(torch._foreach_mul(self.tensors, self._arg(other)))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        return _Tensors(torch._foreach_div(self.tensors, self._arg(other)))
+
+    # `gate` as `xp`: relu and sign
+    @staticmethod
+    def relu(x):
+        return _Tensors(torch._foreach_clamp_min(x.tensors, 0.0))
+
+    @staticmethod
+    def sign(x):
+        return _Tensors(torch._foreach_sign(x.tensors))
 
 
-def _elementwise_gate(opt, m, s, c1, cs):
-    """The gate q from raw m and s, in a new list (c1, cs floats or 0-d
-    tensors)."""
-    c1_sq = c1 * c1
-    noise_scale = c1_sq / cs  # s_hat * c1**2 = noise_scale * s
-    stabiliser = opt.epsilon**2 * c1_sq
-    if opt.gate == "snr":
-        # q = m**2 / (m**2 + lam * alpha * noise_scale * s + stabiliser)
-        denominator = torch._foreach_mul(s, (opt.softness * opt.alpha) * noise_scale)
-        torch._foreach_addcmul_(denominator, m, m)
-        torch._foreach_add_(denominator, stabiliser)
-        q = torch._foreach_div(m, denominator)
-        del denominator
-        torch._foreach_mul_(q, m)
-        return q
-    # excess = m**2 - alpha * noise_scale * s
-    q = torch._foreach_mul(s, -opt.alpha * noise_scale)
-    torch._foreach_addcmul_(q, m, m)
-    if opt.gate == "hard":  # 1 where excess > 0, else 0
-        torch._foreach_sign_(q)
-        torch._foreach_clamp_min_(q, 0.0)
-        return q
-    # soft: d = max(excess, 0); q = d / (d + lam * noise_scale * s + stabiliser)
-    torch._foreach_clamp_min_(q, 0.0)
-    denominator = torch._foreach_mul(s, opt.softness * noise_scale)
-    torch._foreach_add_(denominator, q)
-    torch._foreach_add_(denominator, stabiliser)
-    torch._foreach_div_(q, denominator)
-    return q
+class _Squared:
+    """`m**2` for a list `m`, never materialised: the gate's uses of it
+    become fused kernels (`d += m**2` is `addcmul_`, `m**2 / d` is
+    `(m / d) * m`, `m**2 - x` is `addcmul` onto `-x`), which saves one
+    parameter-sized temporary per variable (on CPU, allocating it costs
+    about as much as a kernel)."""
 
+    __slots__ = ("tensors",)
 
-def _sqrt_plus(v, eps):
-    out = torch._foreach_sqrt(v)
-    torch._foreach_add_(out, eps)
-    return out
+    def __init__(self, tensors):
+        self.tensors = tensors
 
+    def __truediv__(self, other):
+        q = torch._foreach_div(self.tensors, other.tensors)
+        torch._foreach_mul_(q, self.tensors)
+        return _Tensors(q)
 
-def _gate_values(opt, signal, noise, stabiliser):
-    if opt.gate == "snr":
-        return signal / (signal + opt.softness * opt.alpha * noise + stabiliser)
-    if opt.gate == "soft":
-        excess = torch.clamp_min(signal - opt.alpha * noise, 0.0)
-        return excess / (excess + opt.softness * noise + stabiliser)
-    return (signal > opt.alpha * noise).to(signal.dtype)
+    def __sub__(self, other):
+        out = torch._foreach_neg(other.tensors)
+        torch._foreach_addcmul_(out, self.tensors, self.tensors)
+        return _Tensors(out)
 
 
 def _log_decays(opt, device):
@@ -198,10 +222,21 @@ def _log_decays(opt, device):
     key = (str(device), opt.beta_1, opt.beta_2, opt.rho)
     if key not in cache:
         cache.clear()
-        logs = [math.log(d) if d > 0 else -math.inf
-                for d in (opt.beta_1, opt.beta_2, opt.rho)]
+        logs = [math.log(d) if d > 0 else -math.inf for d in (opt.beta_1, opt.beta_2, opt.rho)]
         cache[key] = torch.tensor(logs, dtype=torch.float32, device=device)
     return cache[key]
+
+
+def _tensor(variable):
+    """The torch tensor behind a Keras variable.
+
+    `Variable._value` directly: the public `value` property runs scope
+    checks that cost more than the kernels on models with many small
+    variables (measured in benchmarks/step_overhead.py). If a future Keras
+    drops the attribute, the property is used (tested).
+    """
+    value = getattr(variable, "_value", None)
+    return value if isinstance(value, torch.Tensor) else variable.value
 
 
 def _value(x):

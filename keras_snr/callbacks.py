@@ -4,27 +4,87 @@
 computed from the training run alone, to the epoch logs under `pop_risk`.
 """
 
-import inspect
 import math
 import numbers
 import warnings
 
 import keras
-import numpy as np
 from keras import ops
 
-from keras_snr.snr_adam import SNRAdam
-from keras_snr.snr_adam import bias_correction
+from keras_snr.snr_adam import finite_dataset_alpha
+from keras_snr.statistics import compile_reader
+from keras_snr.statistics import snr_optimizers
 
 ESTIMATORS = ("capped", "first_order", "tic", "gsnr", "eb", "prequential")
 
-# Callbacks whose decision depends on logs written in the same epoch-end call.
-_READERS = (
-    keras.callbacks.EarlyStopping,
-    keras.callbacks.ModelCheckpoint,
-    keras.callbacks.ReduceLROnPlateau,
-    keras.callbacks.CSVLogger,
-)
+
+def _require_snr_optimizers(callback):
+    """The SNRAdams behind `callback.model`'s optimizer, or a clear error."""
+    model = callback.model
+    optimizer = getattr(model, "optimizer", None) if model is not None else None
+    if optimizer is None or not getattr(model, "compiled", True):
+        raise ValueError(
+            f"{type(callback).__name__} needs a compiled model: call "
+            "`model.compile(optimizer=keras_snr.SNRAdam(...), ...)` before `fit()`."
+        )
+    found = snr_optimizers(optimizer)
+    if not found:
+        raise TypeError(
+            f"{type(callback).__name__} reads the gradient statistics that "
+            "keras_snr.SNRAdam keeps; the model's optimizer is "
+            f"{type(optimizer).__name__} and contains no SNRAdam. To watch a "
+            "plain Adam/AdamW run, compile with `keras_snr.SNRAdam(gate=None, "
+            "...)`, which is exactly AdamW and keeps the statistics."
+        )
+    return found
+
+
+class GateLogger(keras.callbacks.Callback):
+    """Log `SNRAdam`'s gate at the end of every epoch.
+
+    Writes `gate_mean` (the mean gate `q` over all trained coordinates: the
+    step is `q` times Adam's) and `gate_open_fraction` (the fraction whose
+    signal beats the threshold `m_hat**2 > alpha * s_hat`) into the epoch
+    logs, where History, the progress bar, CSVLogger and TensorBoard see
+    them (list it before callbacks that should). Both come from
+    `SNRAdam.gate_summary()`, as of the epoch's last update, in one compiled
+    call per epoch; the training step is untouched. Works through
+    `LossScaleOptimizer` and `MultiOptimizer` (all SNRAdams together).
+
+    Args:
+        prefix: Prefix of the two log keys. Defaults to `"gate_"`.
+    """
+
+    def __init__(self, prefix="gate_"):
+        super().__init__()
+        if not isinstance(prefix, str):
+            raise ValueError(f"`prefix` must be a string; received prefix={prefix!r}")
+        self.prefix = prefix
+        self._reader = None
+
+    def on_train_begin(self, logs=None):
+        self._optimizers = _require_snr_optimizers(self)
+        self._reader = None  # built at the first epoch end, once the optimizer is
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if self._reader is None:
+            optimizers = self._optimizers
+
+            def summary():
+                sums = [opt._gate_sums() for opt in optimizers]
+                count = sum(c for _, _, c in sums)
+                q_sum = sum(q for q, _, _ in sums)
+                open_sum = sum(o for _, o, _ in sums)
+                return q_sum / count, open_sum / count
+
+            self._reader = compile_reader(summary, optimizers)
+        mean, open_fraction = self._reader()
+        logs[f"{self.prefix}mean"] = float(ops.convert_to_numpy(mean))
+        logs[f"{self.prefix}open_fraction"] = float(ops.convert_to_numpy(open_fraction))
+
+
 
 
 def _host(x):
@@ -72,11 +132,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
 
     **List this callback before** `EarlyStopping`, `ModelCheckpoint`,
     `ReduceLROnPlateau` and `CSVLogger`: Keras calls callbacks in list order
-    and they read `logs` in the same epoch-end call. A warning is issued if
-    one of them comes first. Monitoring callbacks left at `mode="auto"` with
-    `monitor="pop_risk"` are switched to `mode="min"` at the start of
-    training (Keras cannot infer the direction of an unknown metric); pass
-    `mode="min"` yourself to be explicit.
+    and they read `logs` in the same epoch-end call (Keras warns that the
+    metric is not available otherwise). Pass them `mode="min"`: Keras
+    cannot infer the direction of a metric it does not know, and says so.
 
     Estimator (`estimator="capped"`, the default): `pop_risk = loss + G`,
     where the generalisation gap `G` is accumulated each epoch as
@@ -155,28 +213,6 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ set-up
 
-    def _optimizer(self):
-        model = self.model
-        optimizer = getattr(model, "optimizer", None) if model is not None else None
-        if optimizer is None or not getattr(model, "compiled", True):
-            raise ValueError(
-                "PopulationRiskEstimate needs a compiled model: call "
-                "`model.compile(optimizer=keras_snr.SNRAdam(...), ...)` "
-                "before `fit()`."
-            )
-        inner = optimizer
-        while hasattr(inner, "inner_optimizer"):  # LossScaleOptimizer
-            inner = inner.inner_optimizer
-        if not isinstance(inner, SNRAdam):
-            raise TypeError(
-                "PopulationRiskEstimate reads the gradient statistics that "
-                "keras_snr.SNRAdam keeps; the model's optimizer is "
-                f"{type(inner).__name__}. To watch a plain Adam/AdamW run, "
-                "compile with `keras_snr.SNRAdam(gate=None, ...)`, which is "
-                "exactly AdamW and keeps the statistics."
-            )
-        return inner
-
     def _resolve_sizes(self):
         steps = (self.params or {}).get("steps")
         n, b = self.dataset_size, self.batch_size
@@ -213,65 +249,19 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             )
         return n, b
 
-    def _check_order(self):
-        """Warn if a callback reading `pop_risk` runs before this one."""
-        frame = inspect.currentframe()
-        try:
-            callback_list = None
-            f = frame.f_back
-            for _ in range(4):
-                if f is None:
-                    break
-                owner = f.f_locals.get("self")
-                if isinstance(getattr(owner, "callbacks", None), list) and (
-                    self in owner.callbacks
-                ):
-                    callback_list = owner.callbacks
-                    break
-                f = f.f_back
-        finally:
-            del frame
-        if callback_list is None:
-            return
-        # Keras cannot tell whether an unknown metric is to be minimised;
-        # `pop_risk` is a loss, so set `mode="min"` where it was left "auto".
-        for cb in callback_list:
-            monitor = getattr(cb, "monitor", None)
-            if (
-                isinstance(monitor, str)
-                and monitor.startswith("pop_risk")
-                and getattr(cb, "mode", None) == "auto"
-                and getattr(cb, "monitor_op", 0) is None
-            ):
-                cb.mode = "min"
-        for cb in callback_list:
-            if cb is self:
-                return
-            if isinstance(cb, _READERS):
-                warnings.warn(
-                    f"{type(cb).__name__} is listed before "
-                    "PopulationRiskEstimate in `callbacks`, so it runs first "
-                    "and does not see `pop_risk` (EarlyStopping/"
-                    "ModelCheckpoint will warn that the metric is missing; "
-                    "CSVLogger will omit the column). Put "
-                    "PopulationRiskEstimate first in the list.",
-                    stacklevel=3,
-                )
-                return
-
     def on_train_begin(self, logs=None):
-        self._opt = self._optimizer()
+        optimizers = _require_snr_optimizers(self)
+        if len(optimizers) > 1:
+            raise ValueError(
+                "PopulationRiskEstimate supports one SNRAdam per model; the "
+                f"model's optimizer holds {len(optimizers)}."
+            )
+        self._opt = optimizers[0]
         self._n, self._b = self._resolve_sizes()
         k = self._opt.gradient_accumulation_steps or 1
-        b_eff = self._b * k
-        if b_eff >= self._n:
-            raise ValueError(
-                f"The effective batch size ({b_eff}) must be smaller than the "
-                f"dataset size ({self._n})."
-            )
-        self._b_eff = b_eff
-        self._alpha = b_eff / (self._n - b_eff)
-        self._check_order()
+        self._b_eff = self._b * k
+        self._alpha = finite_dataset_alpha(self._b, self._n, k)
+        self._training = True
         self._last_iterations = int(_host(self._opt.iterations))
         self._gaps = {name: 0.0 for name in ESTIMATORS}
         self._prev_loss = None
@@ -281,19 +271,26 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ per epoch
 
-    def _slots(self):
-        opt = self._opt
-        for m, v, s in zip(opt._momentums, opt._velocities, opt._noise_variances):
-            if m is not None:
-                yield m, v, s
+    def on_train_end(self, logs=None):
+        self._training = False
+
+    def on_test_begin(self, logs=None):
+        self._warn_outside_fit("evaluate()")
+
+    def on_predict_begin(self, logs=None):
+        self._warn_outside_fit("predict()")
+
+    def _warn_outside_fit(self, where):
+        if not getattr(self, "_training", False):
+            warnings.warn(
+                f"PopulationRiskEstimate does nothing in {where}: it estimates "
+                "the population risk from a training run. Pass it to `fit()`.",
+                stacklevel=3,
+            )
 
     def _statistics(self, lr_updates, need_tau):
         """Scalars (and the tau accumulators) from the current slots."""
         opt = self._opt
-        t = ops.cast(opt.iterations.value, "float32")
-        c1 = bias_correction(opt.beta_1, t)
-        c2 = bias_correction(opt.beta_2, t)
-        cs = bias_correction(opt.rho, t)
         alpha = self._alpha
         c = (1.0 - opt.beta_1) / (1.0 + opt.beta_1)
         sums = {}
@@ -304,17 +301,16 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         for name in names:
             sums[name] = []
         new_tau = []
-        for i, (m, v, s) in enumerate(self._slots()):
-            m = ops.cast(m.value, "float32")
-            v = ops.cast(v.value, "float32")
-            s = ops.cast(s.value, "float32")
-            m_hat = m / c1
-            v_hat = v / c2
-            s_hat = s / cs
+        stats = opt.statistics()
+        per_variable = [
+            x for x in zip(stats.momentum, stats.velocity, stats.noise_variance, stats.gate)
+            if x[0] is not None
+        ]
+        for i, (m_hat, v_hat, s_hat, q) in enumerate(per_variable):
+            m_hat, v_hat, s_hat, q = (ops.cast(x, "float32") for x in (m_hat, v_hat, s_hat, q))
             m2 = ops.square(m_hat)
             noise = alpha * s_hat
             g2 = ops.relu(m2 - c * s_hat)
-            q = opt._gate(m2, s_hat)
             qp = q / (ops.sqrt(v_hat) + opt.epsilon)
             tiny = 1e-30
             sums["count"].append(ops.cast(ops.size(m_hat), "float32"))

@@ -92,9 +92,9 @@ def test_early_stopping_and_checkpoint(tmp_path):
     path = str(tmp_path / "best.keras")
     model = _model()
     estimate = keras_snr.PopulationRiskEstimate(dataset_size=N, batch_size=BATCH)
-    stopper = keras.callbacks.EarlyStopping(monitor="pop_risk", patience=0)
+    stopper = keras.callbacks.EarlyStopping(monitor="pop_risk", patience=0, mode="min")
     checkpoint = keras.callbacks.ModelCheckpoint(
-        path, monitor="pop_risk", save_best_only=True
+        path, monitor="pop_risk", save_best_only=True, mode="min"
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "metric not available" warning
@@ -120,16 +120,42 @@ def test_early_stopping_stops_on_rising_estimate():
     assert stopper.stopped_epoch > 0
 
 
-def test_wrong_order_warns():
+def test_wrong_order_is_reported_by_keras():
+    # Keras calls callbacks in list order; a reader listed first warns.
     model = _model()
     stopper = keras.callbacks.EarlyStopping(monitor="pop_risk", mode="min")
-    with pytest.warns(UserWarning, match="Put PopulationRiskEstimate first"):
+    with pytest.warns(UserWarning, match="pop_risk` which is not available"):
         _fit(model, [stopper, keras_snr.PopulationRiskEstimate(dataset_size=N)], epochs=1)
+
+
+def test_auto_mode_on_pop_risk_is_a_clear_keras_error():
+    model = _model()
+    stopper = keras.callbacks.EarlyStopping(monitor="pop_risk")
+    with pytest.raises(ValueError, match="mode='min'"):
+        _fit(model, [keras_snr.PopulationRiskEstimate(dataset_size=N), stopper], epochs=1)
+
+
+def test_multi_optimizer_with_one_snr_adam():
+    snr = keras_snr.SNRAdam(gate=None)
+    optimizer = keras.optimizers.MultiOptimizer(
+        keras.optimizers.OptimizerMap(default_optimizer=snr)
+    )
+    model = _model(optimizer)
+    history = _fit(model, [keras_snr.PopulationRiskEstimate(dataset_size=N)], epochs=2)
+    assert all(math.isfinite(v) for v in history.history["pop_risk"])
+
+
+def test_evaluate_warns_instead_of_doing_nothing_silently():
+    model = _model()
+    callback = keras_snr.PopulationRiskEstimate(dataset_size=N)
+    _fit(model, [callback], epochs=1, validation_data=_data(1))  # no warning in fit
+    with pytest.warns(UserWarning, match=r"does nothing in evaluate\(\)"):
+        model.evaluate(*_data(1), verbose=0, callbacks=[callback])
 
 
 def test_non_snr_optimizer_raises():
     model = _model(keras.optimizers.Adam())
-    with pytest.raises(TypeError, match=r"SNRAdam\(gate=None"):
+    with pytest.raises(TypeError, match=r"contains no SNRAdam.*SNRAdam\(gate=None"):
         _fit(model, [keras_snr.PopulationRiskEstimate(dataset_size=N)], epochs=1)
 
 

@@ -180,7 +180,7 @@ def test_config_round_trip(name):
     optimizer = SNRAdam(**kwargs)
     config = optimizer.get_config()
     for key in ("beta_1", "beta_2", "rho", "epsilon", "gate", "softness",
-                "alpha", "reduction"):
+                "alpha", "reduction", "fused"):
         assert key in config, key
         if key in kwargs:
             assert config[key] == kwargs[key], key
@@ -197,7 +197,7 @@ def test_config_round_trip(name):
     for attr in ("beta_1", "beta_2", "rho", "epsilon", "softness", "alpha",
                  "weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
                  "use_ema", "ema_momentum", "ema_overwrite_frequency",
-                 "loss_scale_factor", "gradient_accumulation_steps", "name"):
+                 "loss_scale_factor", "gradient_accumulation_steps", "name", "fused"):
         assert getattr(restored, attr) == getattr(optimizer, attr), attr
 
 
@@ -611,3 +611,29 @@ def test_state_with_base_optimizer_variables_round_trips(tmp_path, kwargs):
         assert len(now) == len(saved)
         for a, b in zip(now, saved):
             np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------- a model saved before its first training step
+
+
+@pytest.mark.parametrize("with_schedule", [False, True], ids=["float_lr", "schedule"])
+def test_compiled_but_untrained_model_reloads(tmp_path, with_schedule):
+    # Failed before keras_snr accepted a state saved before the first update:
+    # the file holds the unbuilt optimizer's variables (iterations and the
+    # learning rate), and the layout check refused them with the
+    # "slot layout" ValueError on all three backends. Keras AdamW loads the
+    # same file.
+    lr = (keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)
+          if with_schedule else 0.01)
+    model = make_model(SNRAdam(learning_rate=lr))
+    model.save(tmp_path / "untrained.keras")
+    loaded = keras.saving.load_model(tmp_path / "untrained.keras")
+    assert type(loaded.optimizer) is SNRAdam
+    assert int(loaded.optimizer.iterations) == 0
+    fit(loaded)  # trains from a fresh optimizer state
+    assert int(loaded.optimizer.iterations) == STEPS_PER_EPOCH
+    # Only a state at step 0 passes: iterations > 0 without slots is refused.
+    optimizer = _built_snr_model().optimizer
+    store = {"0": np.array(5, "int64"), "1": np.array(0.01, "float32")}
+    with pytest.raises(ValueError, match="slot layout"):
+        optimizer.load_own_variables(store)

@@ -65,13 +65,10 @@ def _gradients(rng, steps):
 
 
 def _make(config, weight_decay, path):
-    optimizer = SNRAdam(learning_rate=LR, weight_decay=weight_decay, **config)
+    fused = path not in ("generic", "uncompiled")
+    optimizer = SNRAdam(learning_rate=LR, weight_decay=weight_decay, fused=fused, **config)
     if weight_decay:
         optimizer.exclude_from_weight_decay(var_names=["nodecay"])
-    if path == "generic":
-        optimizer.use_torch_fast_path = False
-    if path == "uncompiled":
-        optimizer.xla_update_on_tensorflow = False
     return optimizer
 
 
@@ -245,10 +242,13 @@ def test_noise_slot_estimates_gradient_variance():
 @pytest.mark.parametrize("reduction", ["elementwise", "per_tensor"])
 def test_snr_gate_is_one_half_at_threshold(reduction):
     """With softness 1, q = 1/2 exactly where m_hat**2 = alpha * s_hat."""
-    optimizer = SNRAdam(gate="snr", softness=1.0, alpha=0.5, reduction=reduction)
     signal = keras.ops.convert_to_tensor(np.array([0.5, 2.0, 8.0], "float32"))
     noise = keras.ops.convert_to_tensor(np.array([1.0, 4.0, 16.0], "float32"))
-    q = keras.ops.convert_to_numpy(optimizer._gate(signal, noise))
+    if reduction == "per_tensor":
+        signal, noise = keras.ops.sum(signal), keras.ops.sum(noise)
+    q = keras.ops.convert_to_numpy(
+        keras_snr.gate.gate(signal, noise, "snr", alpha=0.5, softness=1.0, stabiliser=1e-16)
+    )
     np.testing.assert_allclose(q, 0.5, rtol=1e-6)
     ref = ReferenceSNRAdam(gate="snr", alpha=0.5)
     np.testing.assert_allclose(ref.gate_value(np.array([0.5]), np.array([1.0])), 0.5)
@@ -338,3 +338,22 @@ def test_finite_dataset_alpha():
         keras_snr.finite_dataset_alpha(0, 100)
     with pytest.raises(ValueError, match="`dataset_size` must be a positive integer"):
         keras_snr.finite_dataset_alpha(10, 12.5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("gate", ["snr", "soft", "hard"])
+@pytest.mark.parametrize("epsilon", [1e-20, 1e-30])
+def test_tiny_epsilon_with_zero_gradients_stays_finite(gate, epsilon, path):
+    # Failed before keras_snr took the gate's stabiliser as at least the
+    # smallest normal float: epsilon**2 underflowed, the gate computed 0/0 on
+    # exactly-zero gradients and the weights became NaN (snr and soft gates).
+    # Keras Adam with the same epsilon trains; the reference says q = 0 there.
+    variable = keras.Variable(np.ones(4, "float32"))
+    optimizer = _make(dict(gate=gate, epsilon=epsilon), weight_decay=0.01, path=path)
+    optimizer.learning_rate = 0.1
+    grad = keras.ops.convert_to_tensor(np.array([1.0, 0.5, 0.0, 0.0], "float32"))
+    for _ in range(3):
+        optimizer.apply([grad], [variable])
+    w = keras.ops.convert_to_numpy(variable)
+    assert np.all(np.isfinite(w)), w
+    np.testing.assert_allclose(w[2:], (1 - 0.1 * 0.01) ** 3, rtol=1e-6)  # weight decay only

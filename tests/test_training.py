@@ -282,8 +282,7 @@ def test_custom_loop_torch_backward_and_apply_under_no_grad():
     for fast_path in (True, False):
         keras.utils.set_random_seed(0)
         model = mlp()
-        optimizer = SNRAdam(learning_rate=1e-2)
-        optimizer.use_torch_fast_path = fast_path
+        optimizer = SNRAdam(learning_rate=1e-2, fused=fast_path)
         losses = []
         for _ in range(40):
             loss = loss_fn(y, model(x, training=True))
