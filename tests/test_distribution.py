@@ -95,6 +95,7 @@ def slot_shardings(model):
     opt = model.optimizer
     rows = []
     for v in model.trainable_variables:
+        # Internals: the slot variables themselves must carry the sharding.
         i = opt._get_variable_index(v)
         slots = [opt._momentums[i], opt._velocities[i], opt._noise_variances[i]]
         sharding = v.value.sharding
@@ -276,6 +277,7 @@ def slot_report(model):
     # Per slot: its type and whether its per-replica copies agree.
     opt = model.optimizer
     rows = []
+    # Internals: each slot variable's per-replica copies.
     for slots in (opt._momentums, opt._velocities, opt._noise_variances):
         for s in slots:
             value = s.value

@@ -48,17 +48,19 @@ def to_np(x):
 
 
 def slot_arrays(optimizer):
-    """All of SNRAdam's slots, as NumPy arrays, in a fixed order."""
+    """SNRAdam's statistics (bias-corrected slots), as NumPy arrays, in a
+    fixed order: equal for two optimizers at the same step iff their slots
+    are."""
     return [
-        to_np(slot)
-        for group in (
-            optimizer._momentums,
-            optimizer._velocities,
-            optimizer._noise_variances,
-        )
-        for slot in group
-        if slot is not None
+        to_np(x)
+        for field in optimizer.statistics()[:3]
+        for x in field
+        if x is not None
     ]
+
+
+def to_dtype(x):
+    return keras.backend.standardize_dtype(x.dtype)
 
 
 def regression_data(n=128, d=8, seed=0):
@@ -524,7 +526,7 @@ def test_mixed_float16_wraps_in_loss_scale_optimizer_and_skips_inf_steps():
     losses = fit_losses(model, x, y, epochs=8)
     assert losses[-1] < 0.5 * losses[0], losses
     assert all(v.dtype == "float32" for v in model.trainable_weights)
-    assert all(s.dtype == "float32" for s in inner._momentums)
+    assert all(to_dtype(m) == "float32" for m in inner.statistics().momentum)
 
     # One batch that overflows float16 (1e6 > 65504): gradients are inf/NaN,
     # the LossScaleOptimizer skips the step and halves its scale.
@@ -560,8 +562,7 @@ def test_pure_bfloat16_model_trains():
     losses = fit_losses(model, x, y, epochs=8)
     assert losses[-1] < 0.5 * losses[0], losses
     assert all(v.dtype == "bfloat16" for v in model.trainable_weights)
-    slots = optimizer._momentums + optimizer._velocities + optimizer._noise_variances
-    assert all(s.dtype == "float32" for s in slots)
+    assert all(to_dtype(x) == "float32" for field in optimizer.statistics() for x in field)
 
 
 def test_keras_adam_stalls_on_bfloat16_variables_snr_adam_does_not():
@@ -680,12 +681,8 @@ def test_zero_and_missing_gradients_stay_finite(gate, reduction):
     np.testing.assert_array_equal(to_np(all_zero), np.zeros((3, 2)))
     np.testing.assert_array_equal(to_np(unused), unused_init)
     assert not np.allclose(to_np(live), live_before)
-    index = {id(v): optimizer._get_variable_index(v) for v in variables}
-    for slots in (
-        optimizer._momentums,
-        optimizer._velocities,
-        optimizer._noise_variances,
-    ):
-        for variable in (all_zero, unused):
-            np.testing.assert_array_equal(to_np(slots[index[id(variable)]]), 0)
+    for variable in (all_zero, unused):
+        stats = optimizer.statistics(variable)
+        for field in (stats.momentum, stats.velocity, stats.noise_variance):
+            np.testing.assert_array_equal(to_np(field), 0)
     assert int(optimizer.iterations) == len(live_grads)
