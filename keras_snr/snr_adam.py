@@ -77,10 +77,13 @@ class SNRAdam(keras.optimizers.Optimizer):
         epsilon: Added to `sqrt(v_hat)`; its square stabilises the gate.
             Defaults to `1e-8`.
         gate: `"snr"`, `"soft"`, `"hard"` or `None`. Defaults to `"snr"`.
-        softness: `>= 0`; larger is a softer gate. Defaults to `1.0`.
+        softness: `>= 0`. In `"snr"` it multiplies `alpha` (moves the
+            midpoint); in `"soft"` it sets how slowly `q` rises above the
+            threshold. Defaults to `1.0`.
         alpha: Noise coefficient, `>= 0`: `1` when every batch is a fresh
             draw; `keras_snr.finite_dataset_alpha(b, n)` for a finite
-            training set. `0` disables gating. Defaults to `1.0`.
+            training set. `0` opens the `"hard"` gate and (up to `epsilon`)
+            the `"snr"` gate. Defaults to `1.0`.
         reduction: `"elementwise"` or `"per_tensor"` (one gate per variable,
             from `sum(m_hat**2)` and `sum(s_hat)`). Defaults to
             `"elementwise"`.
@@ -360,8 +363,9 @@ class SNRAdam(keras.optimizers.Optimizer):
           times Adam's);
         - `"gate_open_fraction"`: the fraction of coordinates whose signal
           beats the threshold, `m_hat**2 > alpha * s_hat` (summed per tensor
-          with `reduction="per_tensor"`): where the hard gate is open, and
-          where the `"snr"` gate with `softness=1` exceeds 1/2.
+          with `reduction="per_tensor"`), whatever the gate: where the hard
+          gate opens and the `"snr"` gate with `softness=1` exceeds 1/2
+          (except on the first step, where every gate is open).
 
         It is a few elementwise passes over the slots. `keras_snr.GateLogger`
         logs it during `fit()`, compiled, once per epoch.
@@ -455,7 +459,8 @@ def finite_dataset_alpha(batch_size, dataset_size, gradient_accumulation_steps=N
     The noise that limits generalisation is the error of the full-dataset
     gradient, of variance `sigma**2 / n`; a batch mean drawn from the dataset
     has variance about `sigma**2 / b * (n - b) / (n - 1)`. Their ratio is
-    `b / (n - b)`. Use `alpha=1` when every batch is a fresh draw.
+    `b / (n - b)` up to a factor `(n - 1) / n`. Use `alpha=1` when every
+    batch is a fresh draw.
 
     Args:
         batch_size: Global batch size `b` (summed over replicas under data
