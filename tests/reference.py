@@ -1,4 +1,4 @@
-"""NumPy reference implementation of SNR-Adam, written from ../shared/SPEC.md.
+"""NumPy reference implementation of SNR-Adam, written from docs/method.md.
 
 Independent of the Keras code: every backend is checked against this. It works
 in float64 and takes a list of arrays (one per variable).
