@@ -19,13 +19,10 @@ One JSON line per finished run in results/dpo.jsonl; reruns skip them.
 import argparse
 import json
 import os
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "guides"))
-from _common import set_threads  # noqa: E402
+from _common import set_threads  # noqa: E402  (benchmarks/ is on sys.path)
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 set_threads(1)
@@ -34,8 +31,9 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _dpo  # noqa: E402
 import keras_snr  # noqa: E402
+from tasks import dpo  # noqa: E402
+from tasks.optimizer_state import mean_gate  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 JSONL = os.path.join(RESULTS, "dpo.jsonl")
@@ -65,8 +63,8 @@ def models():
     across seeds (weights are reset per seed) so JAX traces them once."""
     if not _MODELS:
         seq_len = LANG_SHAPE["prompt_len"] + LANG_SHAPE["completion_len"]
-        lm = _dpo.causal_lm(LANG_SHAPE["vocab"], seq_len, dim=32, heads=2, blocks=1)
-        pairs_model, _ = _dpo.pair_model(lm, LANG_SHAPE["prompt_len"], seq_len)
+        lm = dpo.causal_lm(LANG_SHAPE["vocab"], seq_len, dim=32, heads=2, blocks=1)
+        pairs_model, _ = dpo.pair_model(lm, LANG_SHAPE["prompt_len"], seq_len)
         assert [id(v) for v in pairs_model.trainable_variables] == \
             [id(v) for v in lm.trainable_variables]
 
@@ -76,7 +74,7 @@ def models():
 
         @jax.jit
         def seq_logp(tv, tokens):
-            return _dpo.sequence_logp(logits(tv, tokens), tokens, LANG_SHAPE["prompt_len"])
+            return dpo.sequence_logp(logits(tv, tokens), tokens, LANG_SHAPE["prompt_len"])
 
         _MODELS.update(lm=lm, pairs_model=pairs_model, logits=logits, seq_logp=seq_logp)
     return _MODELS
@@ -85,11 +83,11 @@ def models():
 def setup(seed, args):
     """Language, pretrained frozen reference, pairs with reference log-probs."""
     rng = np.random.default_rng(seed)
-    lang = _dpo.Language(seed=seed, **LANG_SHAPE)
+    lang = dpo.Language(seed=seed, **LANG_SHAPE)
     env = dict(models())
     lm = env["lm"]
     keras.utils.set_random_seed(seed)
-    fresh = _dpo.causal_lm(lang.vocab, lang.seq_len, dim=32, heads=2, blocks=1)
+    fresh = dpo.causal_lm(lang.vocab, lang.seq_len, dim=32, heads=2, blocks=1)
     lm.set_weights(fresh.get_weights())
     text = lang.sample(args.pretrain_seqs, rng)
     lm.compile(keras.optimizers.Adam(3e-3),
@@ -98,7 +96,7 @@ def setup(seed, args):
                   epochs=args.pretrain_epochs, verbose=0)
     ref = [np.asarray(v) for v in lm.trainable_variables]
     ref_fn = lambda t: np.asarray(env["logits"](ref, t))  # noqa: E731
-    data = {name: _dpo.preference_pairs(lang, ref_fn, n, rng)
+    data = {name: dpo.preference_pairs(lang, ref_fn, n, rng)
             for name, n in (("train", N_TRAIN), ("val", N_VAL), ("test", N_TEST))}
     for d in data.values():
         d["ref_a"], d["ref_b"] = (np.asarray(env["seq_logp"](ref, d[k])) for k in "ab")
@@ -124,7 +122,7 @@ def evaluate(env, tv, train, rng):
         ra = beta * (np.asarray(env["seq_logp"](tv, s["a"])) - s["ref_a"])
         rb = beta * (np.asarray(env["seq_logp"](tv, s["b"])) - s["ref_b"])
         keep = s["distinct"]
-        out[f"{split}_acc"] = _dpo.reward_accuracy(ra[keep], rb[keep], s["clean"][keep])
+        out[f"{split}_acc"] = dpo.reward_accuracy(ra[keep], rb[keep], s["clean"][keep])
         if split == "test":
             out["drift"] = float(np.mean(np.abs(np.concatenate([ra, rb]))))
     t = train
@@ -134,27 +132,12 @@ def evaluate(env, tv, train, rng):
     agree = (ra > rb) == (t["y"] > 0.5)
     out["train_fit_flipped"] = float(agree[fl].mean()) if fl.any() else None
     out["train_fit_clean"] = float(agree[~fl].mean())
-    sample = _dpo.sample_completions(lambda x: np.asarray(env["logits"](tv, x)),
+    sample = dpo.sample_completions(lambda x: np.asarray(env["logits"](tv, x)),
                                      env["prompts"], env["lang"].completion_len, rng)
-    out["kl"] = _dpo.token_kl(env["logits"](tv, sample), env["logits"](env["ref"], sample),
+    out["kl"] = dpo.token_kl(env["logits"](tv, sample), env["logits"](env["ref"], sample),
                               env["lang"].prompt_len)
     out["sample_reward"] = float(env["lang"].reward(sample).mean())
     return out
-
-
-def gate_openness(opt, opt_vars):
-    """Mean gate q over all coordinates from SNRAdam's current state."""
-    values = {id(v): x for v, x in zip(opt.variables, opt_vars)}
-    t = float(values[id(opt.iterations)])
-    if t < 1:
-        return None
-    qs = []
-    for m, s in zip(opt._momentums, opt._noise_variances):
-        m_hat = np.asarray(values[id(m)]) / (1 - opt.beta_1**t)
-        s_hat = np.asarray(values[id(s)]) / (1 - opt.rho**t)
-        sig = m_hat**2
-        qs.append((sig / (sig + opt.softness * opt.alpha * s_hat + opt.epsilon**2)).ravel())
-    return float(np.concatenate(qs).mean())
 
 
 def make_step(env, arm):
@@ -166,9 +149,9 @@ def make_step(env, arm):
     def loss_of(tv, batch):
         h = model.stateless_call(tv, [], list(batch[:4]))[0]
         if kind == "ipo":
-            return jax.numpy.mean(_dpo.ipo_loss(batch[4], h, BETA))
+            return jax.numpy.mean(dpo.ipo_loss(batch[4], h, BETA))
         # label smoothing enters traced (batch[5]), so one trace serves all flips
-        return jax.numpy.mean(_dpo.dpo_loss(batch[4], h, BETA, batch[5]))
+        return jax.numpy.mean(dpo.dpo_loss(batch[4], h, BETA, batch[5]))
 
     @jax.jit
     def step(tv, ov, batch):
@@ -176,20 +159,24 @@ def make_step(env, arm):
         tv, ov = opt.stateless_apply(ov, grads, tv)
         return tv, ov, loss
 
+    # SNRAdam's mean gate q over all coordinates (`gate_summary()`), read
+    # from the stateless optimizer values; None for the other optimizers.
+    gate = jax.jit(lambda ov: mean_gate(opt, ov)) if isinstance(opt, keras_snr.SNRAdam) else None
     init = [np.asarray(v) for v in opt.variables]
-    lr_index = next(i for i, v in enumerate(opt.variables) if v is opt._learning_rate)
-    return opt, step, init, lr_index
+    # The learning rate is state too: set per run in the stateless values.
+    lr_index = next(i for i, v in enumerate(opt.variables) if v.name == "learning_rate")
+    return opt, step, init, lr_index, gate
 
 
 def run_one(env, arm, flip, lr, seed, args, cache):
     if arm not in cache:
         cache[arm] = make_step(env, arm)
-    opt, step, init, lr_index = cache[arm]
+    opt, step, init, lr_index, gate = cache[arm]
     eps = np.float32(flip if ARMS[arm][1] is None else ARMS[arm][1])
     ov = list(init)
     ov[lr_index] = np.asarray(lr, dtype=init[lr_index].dtype)
     tv = list(env["ref"])
-    train = _dpo.flip_labels(env["data"]["train"], flip,
+    train = dpo.flip_labels(env["data"]["train"], flip,
                              np.random.default_rng([seed, int(flip * 100)]))
     rng = np.random.default_rng([seed, 7])
     eval_rng = np.random.default_rng([seed, 11])
@@ -199,8 +186,8 @@ def run_one(env, arm, flip, lr, seed, args, cache):
     def record():
         point = {"step": n_step, "epoch": n_step * BATCH / N_TRAIN,
                  **evaluate(env, tv, train, eval_rng)}
-        if isinstance(opt, keras_snr.SNRAdam):
-            point["gate_q"] = gate_openness(opt, ov)
+        if gate is not None:  # no gate before the first update
+            point["gate_q"] = float(gate(ov)) if n_step else None
         point["train_loss"] = float(np.mean(losses)) if losses else None
         losses.clear()
         curve.append(point)

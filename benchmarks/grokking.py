@@ -7,14 +7,14 @@ sequence of minibatches, so arms with the same seed differ only in the
 optimizer. Held-out accuracy (full held-out set) is evaluated every
 `--eval-every` steps; a run stops once it reaches 99 % or at `--cap` steps
 (then it did not grok "by the cap" and is reported so, not dropped). For
-SNRAdam arms the mean gate openness q (over all coordinates) is recorded at
-every evaluation.
+SNRAdam arms the mean gate openness q (over all coordinates,
+`SNRAdam.gate_summary()`) is recorded at every evaluation.
 
 Arms are strings `KIND:key=value,...`, with KIND one of
 - `adamw` (keras AdamW), keys lr, wd;
 - `snr` (keras_snr.SNRAdam), keys lr, wd, gate (snr|soft|hard), softness,
   alpha (a number or `fin` for b/(n-b)), rho;
-- `grokfast` (AdamW on Grokfast-EMA gradients, guides/_grokking.py), keys
+- `grokfast` (AdamW on Grokfast-EMA gradients, benchmarks/tasks/grokking.py), keys
   lr, wd, a (EMA decay), lamb.
 All use beta_1 0.9, beta_2 0.98, epsilon 1e-8, batch `--batch`.
 
@@ -32,14 +32,12 @@ Usage:
 import argparse
 import json
 import os
-import sys
 import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "guides"))
 
-from _common import set_threads  # noqa: E402
+from _common import set_threads  # noqa: E402  (benchmarks/ is on sys.path)
 
 set_threads(1)
 
@@ -48,8 +46,9 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _grokking as G  # noqa: E402
 import keras_snr  # noqa: E402
+from tasks import grokking as G  # noqa: E402
+from tasks.optimizer_state import mean_gate  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 
@@ -133,12 +132,12 @@ def run(task, spec, seed, cap, eval_every, batch, fraction=None, verbose=False):
         return tv, ntv, ov, jnp.mean(losses)
 
     @jax.jit
-    def evaluate(tv, ntv, ov, t):
+    def evaluate(tv, ntv, ov):
         def accuracy(x, y):
             logits, _ = model.stateless_call(tv, ntv, x)
             return jnp.mean(jnp.argmax(logits, -1) == y)
 
-        gate = G.mean_gate(optimizer, t, ov) if is_snr else jnp.nan
+        gate = mean_gate(optimizer, ov) if is_snr else jnp.nan
         return accuracy(xv, yv), accuracy(xt, yt), gate
 
     tv = [v.value for v in model.trainable_variables]
@@ -151,7 +150,7 @@ def run(task, spec, seed, cap, eval_every, batch, fraction=None, verbose=False):
     for t in range(eval_every, cap + 1, eval_every):
         key, sub = jax.random.split(key)
         tv, ntv, ov, train_loss = train_chunk(tv, ntv, ov, sub)
-        val_acc, train_acc, gate = (float(x) for x in evaluate(tv, ntv, ov, t))
+        val_acc, train_acc, gate = (float(x) for x in evaluate(tv, ntv, ov))
         if compiled_at is None:
             compiled_at = (time.perf_counter(), t)
         history.append([t, round(val_acc, 5), round(train_acc, 5),

@@ -1,10 +1,11 @@
 """Noisy-image implicit neural representation: does SNRAdam stop the network
 memorising the noise, against learning-rate-tuned Adam? (issue 5)
 
-A Fourier-feature MLP (`guides/_inr.py`) is fitted to the camera image,
+A Fourier-feature MLP (`benchmarks/tasks/inr.py`) is fitted to the camera image,
 downsampled, plus Gaussian noise. Every `--eval-every` steps we record the
 PSNR of the network's image against the noisy target (memorisation) and
-against the clean image (what the user wants), and the mean SNR gate.
+against the clean image (what the user wants), and the mean SNR gate
+(`SNRAdam.gate_summary()`).
 
 Minibatches of pixels, not full batch: with b = n there is no minibatch
 noise for the gate to measure and `finite_dataset_alpha(b, n)` is undefined
@@ -21,11 +22,9 @@ appended to `--out`; a re-run skips runs already there.
 import argparse
 import json
 import os
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "guides"))
 RESULTS = os.path.join(HERE, "results")
 
 ARMS = ("adam", "snr_alpha1", "snr_finite")
@@ -72,42 +71,23 @@ def make_optimizer(arm, lr, batch, n):
     return keras_snr.SNRAdam(learning_rate=lr, gate="snr", alpha=alpha, weight_decay=0.0)
 
 
-def mean_gate(optimizer, opt_values, step):
-    """Mean of the snr gate q over all coordinates, from the slots (the same
-    formula as `SNRAdam._gate`), or None for Adam."""
-    import numpy as np
-
-    if not hasattr(optimizer, "_noise_variances"):
-        return None
-    index = {id(v): i for i, v in enumerate(optimizer.variables)}
-    c1 = 1 - optimizer.beta_1**step
-    cs = 1 - optimizer.rho**step
-    total, count = 0.0, 0
-    for m, s in zip(optimizer._momentums, optimizer._noise_variances):
-        m_hat = np.asarray(opt_values[index[id(m)]]) / c1
-        s_hat = np.asarray(opt_values[index[id(s)]]) / cs
-        sig = m_hat**2
-        q = sig / (sig + optimizer.softness * optimizer.alpha * s_hat + optimizer.epsilon**2)
-        total += float(q.sum())
-        count += q.size
-    return total / count
-
-
 def run_one(args, sigma, seed, arm, lr):
     import jax
     import keras
     import numpy as np
 
-    import _inr
+    import keras_snr
+    from tasks import inr
+    from tasks.optimizer_state import mean_gate
 
-    clean = _inr.camera_image(args.size)
-    noisy = _inr.noisy_copy(clean, sigma, seed=1000 + seed)
-    coords = _inr.pixel_grid(args.size)
+    clean = inr.camera_image(args.size)
+    noisy = inr.noisy_copy(clean, sigma, seed=1000 + seed)
+    coords = inr.pixel_grid(args.size)
     target = noisy.reshape(-1, 1)
     n = len(coords)
 
     keras.utils.set_random_seed(seed)
-    model = _inr.fourier_mlp(args.frequencies, args.scale, args.width, args.depth)
+    model = inr.fourier_mlp(args.frequencies, args.scale, args.width, args.depth)
     optimizer = make_optimizer(arm, lr, args.batch, n)
     optimizer.build(model.trainable_variables)
 
@@ -127,6 +107,12 @@ def run_one(args, sigma, seed, arm, lr):
     def predict(tv, ntv, x):
         return model.stateless_call(tv, ntv, x)[0]
 
+    # The mean gate q over all coordinates (`SNRAdam.gate_summary()`), read
+    # from the stateless optimizer values; None for Adam.
+    gate = None
+    if isinstance(optimizer, keras_snr.SNRAdam):
+        gate = jax.jit(lambda ov: mean_gate(optimizer, ov))
+
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
     ov = [v.value for v in optimizer.variables]
@@ -145,9 +131,9 @@ def run_one(args, sigma, seed, arm, lr):
         if step % args.eval_every == 0 or step == args.steps:
             image = np.asarray(predict(tv, ntv, x_all)).reshape(clean.shape)
             curve["step"].append(step)
-            curve["psnr_noisy"].append(_inr.psnr(image, noisy))
-            curve["psnr_clean"].append(_inr.psnr(image, clean))
-            curve["gate"].append(mean_gate(optimizer, ov, step))
+            curve["psnr_noisy"].append(inr.psnr(image, noisy))
+            curve["psnr_clean"].append(inr.psnr(image, clean))
+            curve["gate"].append(None if gate is None else float(gate(ov)))
             curve["loss"].append(float(loss))
             if curve["psnr_clean"][-1] >= max(curve["psnr_clean"]):
                 peak_image = image
@@ -158,7 +144,7 @@ def run_one(args, sigma, seed, arm, lr):
     peak = int(np.argmax(pc))
     record = dict(
         sigma=sigma, seed=seed, arm=arm, lr=lr, **config_of(args), n=n,
-        noisy_input_psnr=_inr.psnr(noisy, clean),
+        noisy_input_psnr=inr.psnr(noisy, clean),
         final_clean=pc[-1], final_noisy=curve["psnr_noisy"][-1],
         peak_clean=pc[peak], peak_step=curve["step"][peak],
         seconds=seconds, curve=curve,
@@ -184,7 +170,7 @@ def main():
     args = parse_args()
     if args.report:
         return report(args)
-    from _common import set_threads
+    from _common import set_threads  # benchmarks/ is on sys.path
 
     set_threads(args.threads)
     done = {key(r) for r in load(args.out)}
@@ -286,7 +272,7 @@ def plot(args, complete, sigmas, arms, seeds, tuned):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    import _inr
+    from tasks import inr
 
     stem = os.path.splitext(args.out)[0]
     fig, axes = plt.subplots(2, len(sigmas), figsize=(6 * len(sigmas), 8.4), squeeze=False)
@@ -325,11 +311,11 @@ def plot(args, complete, sigmas, arms, seeds, tuned):
 
     # Reconstructions, seed 0: clean, noisy, Adam at its peak (oracle), each optimizer's final image.
     size = args.size
-    clean = _inr.camera_image(size)
+    clean = inr.camera_image(size)
     fig, axes = plt.subplots(len(sigmas), 3 + len(arms), figsize=(2.1 * (3 + len(arms)), 2.8 * len(sigmas)),
                              squeeze=False)
     for row, sigma in zip(axes, sigmas):
-        noisy = _inr.noisy_copy(clean, sigma, seed=1000 + 0)
+        noisy = inr.noisy_copy(clean, sigma, seed=1000 + 0)
         adam = complete[(sigma, "adam", tuned(sigma, "adam", "peak_clean"))][0]
         panels = [("clean", clean), (f"noisy, sigma {sigma}", noisy),
                   (f"Adam at its peak\n(oracle stop, lr {adam['lr']:g})", np.array(adam["peak_image"]))]
@@ -338,7 +324,7 @@ def plot(args, complete, sigmas, arms, seeds, tuned):
             panels.append((f"{ARM_LABELS[arm]}\nfinal, lr {r['lr']:g}", np.array(r["final_image"])))
         for ax, (title, image) in zip(row, panels):
             ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
-            score = "" if title == "clean" else f"\n{_inr.psnr(image, clean):.2f} dB"
+            score = "" if title == "clean" else f"\n{inr.psnr(image, clean):.2f} dB"
             ax.set_title(title + score, fontsize=6)
             ax.axis("off")
     fig.tight_layout()

@@ -20,7 +20,9 @@ Metric: relative L2 error against the exact solution on a fixed 256 x 101
 (x, t) grid, every `--eval-every` steps; we record the first evaluated step
 with error <= 0.40 and the final error. JAX backend, jitted loop
 (`stateless_call` + `stateless_apply` inside `lax.scan`); input derivatives
-through `guides/_pinn_derivatives.py`.
+through `benchmarks/tasks/pinn_derivatives.py`. For SNRAdam arms the mean gate
+q over all coordinates (`SNRAdam.gate_summary()`) is recorded at every
+evaluation.
 
 One JSON line per finished run in `--out`; finished runs are skipped when
 rerun, so an interrupted run resumes.
@@ -35,10 +37,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "guides"))
 
-from _common import set_threads  # noqa: E402
+from _common import set_threads  # noqa: E402  (benchmarks/ is on sys.path)
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=3000)
@@ -146,9 +146,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _pinn_derivatives import value_and_input_gradient  # noqa: E402
-
 import keras_snr  # noqa: E402
+from tasks.optimizer_state import mean_gate  # noqa: E402
+from tasks.pinn_derivatives import value_and_input_gradient  # noqa: E402
 
 assert keras.backend.backend() == "jax", "this benchmark runs on the JAX backend"
 TWO_PI = 2 * np.pi
@@ -226,37 +226,29 @@ def run(kind, lr, seed, steps, record=True):
         tv, ov = opt.stateless_apply(ov, grads, tv)
         return (tv, ov), loss
 
+    is_snr = isinstance(opt, keras_snr.SNRAdam)
+
     @jax.jit
     def chunk(state, keys):
         state, losses = jax.lax.scan(one_step, state, keys)
-        tv = state[0]
+        tv, ov = state
         u = u_fn(tv, EVAL_XT)
         rel = jnp.linalg.norm(u - EVAL_U) / jnp.linalg.norm(EVAL_U)
-        return state, losses[-1], rel
+        # Mean gate q over all coordinates at the current state (SNRAdam only).
+        gate = mean_gate(opt, ov) if is_snr else jnp.nan
+        return state, losses[-1], rel, gate
 
     state = ([v.value for v in model.trainable_variables], [v.value for v in opt.variables])
-    paths = [v.path for v in opt.variables]
-    m_idx = [i for i, q in enumerate(paths) if q.endswith("_momentum")]
-    s_idx = [i for i, q in enumerate(paths) if q.endswith("_noise_variance")]
-
-    def mean_gate(ov):
-        """Mean over all coordinates of the snr gate q at the current state."""
-        if not s_idx:
-            return None
-        t = float(ov[0])
-        c1, cs = 1 - 0.9**t, 1 - opt.rho**t
-        m2 = jnp.concatenate([(ov[i] / c1).ravel() ** 2 for i in m_idx])
-        s = jnp.concatenate([(ov[i] / cs).ravel() for i in s_idx])
-        return round(float(jnp.mean(m2 / (m2 + opt.softness * opt.alpha * s + opt.epsilon**2))), 4)
     key = jax.random.PRNGKey(seed)
     curve, hit = [], None
     t0 = time.perf_counter()
     for start in range(0, steps, args.eval_every):
         key, sub = jax.random.split(key)
-        state, loss, rel = chunk(state, jax.random.split(sub, args.eval_every))
+        state, loss, rel, gate = chunk(state, jax.random.split(sub, args.eval_every))
         step = start + args.eval_every
         rel = float(rel)
-        curve.append((step, round(float(loss), 6), round(rel, 5), mean_gate(state[1])))
+        gate = round(float(gate), 4) if is_snr else None
+        curve.append((step, round(float(loss), 6), round(rel, 5), gate))
         if hit is None and rel <= args.threshold:
             hit = step
         if not np.isfinite(rel):

@@ -2,7 +2,7 @@
 Title: Distributed training with SNRAdam
 Author: keras_snr contributors
 Date created: 2026/11/28
-Last modified: 2026/11/28
+Last modified: 2026/11/30
 Description: Data- and model-parallel training with SNRAdam on JAX and TensorFlow, checked against a single-device run.
 """
 
@@ -49,13 +49,30 @@ alpha = keras_snr.finite_dataset_alpha(global_batch_size, n)
 
 The backend is chosen with `KERAS_BACKEND` (default here: JAX). On JAX we
 ask XLA for 4 host devices; this must happen before JAX is imported, and is
-skipped if you set the flag yourself.
+skipped if you set the flag yourself. The guide runs as a script (`--help`
+lists its options); it prints its results and writes no files.
 """
 
 import argparse
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+
+parser = argparse.ArgumentParser(
+    description="Data- and model-parallel training with SNRAdam (JAX: 4 simulated "
+    "CPU devices; TensorFlow: MirroredStrategy on 2 logical CPUs), checked "
+    "against a single-device run. Writes no files. Full run: 8,192 examples, "
+    "8 epochs per training run, about 15-20 s on a 2-core CPU "
+    "(measured twice with the JAX backend on a 2-core machine shared with other "
+    "jobs, 2026/11/30; TensorFlow and PyTorch were not timed).",
+)
+parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke test: 512 examples, batch 64, 2 epochs, and no per_tensor "
+    "ModelParallel comparison (about 6-10 s with JAX)",
+)
+args, _ = parser.parse_known_args()
 BACKEND = os.environ["KERAS_BACKEND"]
 if BACKEND == "jax" and "xla_force_host_platform_device_count" not in os.environ.get(
     "XLA_FLAGS", ""
@@ -68,10 +85,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_snr  # noqa: E402
-
-parser = argparse.ArgumentParser()
-parser.add_argument("--quick", action="store_true", help="run in a few seconds")
-args, _ = parser.parse_known_args()
 
 if BACKEND == "tensorflow":
     import tensorflow as tf

@@ -2,7 +2,7 @@
 Title: DPO with noisy preferences
 Author: keras_snr contributors
 Date created: 2026/11/28
-Last modified: 2026/11/28
+Last modified: 2026/11/30
 Description: Direct preference optimisation of a tiny language model on 30 % flipped preference labels, with Adam, conservative DPO, IPO and SNRAdam.
 """
 
@@ -26,30 +26,55 @@ problem where everything is known: a small causal transformer, a synthetic
 language, and a known reward. Its numbers say nothing about Qwen or
 UltraFeedback.
 
-The DPO losses, the model and the data helpers live in `guides/_dpo.py`;
-`benchmarks/dpo.py` runs the same setup over 3 seeds (5 at 30 % flips),
-three noise levels (0, 30, 40 %) and a learning-rate grid per arm, with a
-jitted JAX loop (its tables are in `benchmarks/results/dpo.md`).
+Everything the guide uses (the DPO losses, the model, the data) is defined
+below. `benchmarks/dpo.py` in the keras_snr repository runs the same setup
+over 3 seeds (5 at 30 % flips), three noise levels (0, 30, 40 %) and a
+learning-rate grid per arm, with a jitted JAX loop (its tables are in
+`benchmarks/results/dpo.md`).
+"""
+
+"""
+## Setup
+
+The guide runs as a script; `--help` lists its options. The figure goes to
+`--out-dir` (by default a new temporary folder, printed at the end).
 """
 
 import argparse
 import os
-import sys
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import keras_snr  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _dpo  # noqa: E402
-
-parser = argparse.ArgumentParser()
-parser.add_argument("--quick", action="store_true", help="run in a few seconds")
+parser = argparse.ArgumentParser(
+    description="DPO of a tiny language model on 30 % flipped preference labels, "
+    "with Adam, cDPO, IPO and SNRAdam. Full run: six arms of 20 epochs each, "
+    "about 75-120 s on a 2-core CPU "
+    "(measured twice with the JAX backend on a 2-core machine shared with other "
+    "jobs, 2026/11/30; TensorFlow and PyTorch were not timed).",
+)
+parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke test: two arms (Adam, SNRAdam), 2 epochs, 128 preference pairs, "
+    "a reference pretrained for 1 epoch on 512 sequences (about 25-40 s with JAX); "
+    "the numbers mean nothing",
+)
+parser.add_argument(
+    "--out-dir",
+    help="folder for dpo_with_noisy_preferences.png (default: a new temporary folder)",
+)
 args, _ = parser.parse_known_args()
 quick = args.quick
+out_dir = args.out_dir or tempfile.mkdtemp(prefix="dpo_with_noisy_preferences-")
+os.makedirs(out_dir, exist_ok=True)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+from keras import ops  # noqa: E402
+
+import keras_snr  # noqa: E402
 
 """
 ## A synthetic language and a reference model
@@ -60,10 +85,65 @@ next-token cross-entropy; the result is the frozen reference policy
 `pi_ref`. Sequences are a 4-token prompt and an 8-token completion.
 """
 
+
+class Language:
+    """A random Markov chain over `vocab` tokens (the synthetic language) and
+    a known reward: a fixed score per token, summed over the completion."""
+
+    def __init__(self, vocab=12, prompt_len=4, completion_len=8, seed=0,
+                 concentration=0.5):
+        rng = np.random.default_rng(seed)
+        self.vocab, self.prompt_len, self.completion_len = vocab, prompt_len, completion_len
+        self.seq_len = prompt_len + completion_len
+        self.transition = rng.dirichlet(np.full(vocab, concentration), size=vocab)
+        self.token_reward = rng.normal(size=vocab)
+
+    def sample(self, n, rng):
+        """`n` sequences of `seq_len` tokens from the chain."""
+        seq = np.empty((n, self.seq_len), dtype="int32")
+        seq[:, 0] = rng.integers(0, self.vocab, n)
+        cum = np.cumsum(self.transition, axis=1)
+        for t in range(1, self.seq_len):
+            u = rng.random((n, 1))
+            seq[:, t] = np.minimum((u > cum[seq[:, t - 1]]).sum(1), self.vocab - 1)
+        return seq
+
+    def reward(self, seq):
+        """True reward of the completion part of each sequence."""
+        return self.token_reward[seq[:, self.prompt_len:]].sum(axis=1)
+
+
+class TokenAndPosition(layers.Layer):
+    def __init__(self, vocab, max_len, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.token = layers.Embedding(vocab, dim)
+        self.position = layers.Embedding(max_len, dim)
+
+    def call(self, tokens):
+        positions = ops.arange(ops.shape(tokens)[1])
+        return self.token(tokens) + self.position(positions)[None]
+
+
+def causal_lm(vocab, seq_len, dim=32, heads=2, blocks=1, name="lm"):
+    """A small causal transformer: tokens (B, T) -> next-token logits (B, T, V),
+    for any T <= seq_len."""
+    tokens = keras.Input((None,), dtype="int32")
+    x = TokenAndPosition(vocab, seq_len, dim)(tokens)
+    for _ in range(blocks):
+        h = layers.LayerNormalization()(x)
+        h = layers.MultiHeadAttention(heads, dim // heads)(h, h, use_causal_mask=True)
+        x = x + h
+        h = layers.LayerNormalization()(x)
+        h = layers.Dense(2 * dim, activation="gelu")(h)
+        x = x + layers.Dense(dim)(h)
+    x = layers.LayerNormalization()(x)
+    return keras.Model(tokens, layers.Dense(vocab)(x), name=name)
+
+
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
-lang = _dpo.Language(vocab=12, prompt_len=4, completion_len=8, seed=0)
-reference = _dpo.causal_lm(lang.vocab, lang.seq_len, dim=32, heads=2, blocks=1)
+lang = Language(vocab=12, prompt_len=4, completion_len=8, seed=0)
+reference = causal_lm(lang.vocab, lang.seq_len, dim=32, heads=2, blocks=1)
 text = lang.sample(512 if quick else 4096, rng)
 reference.compile(
     keras.optimizers.Adam(3e-3),
@@ -88,32 +168,108 @@ reference and label them by Bradley-Terry on the true reward,
 `P(a preferred) = sigmoid(r(a) - r(b))`. Then 30 % of the training labels
 are swapped. The validation and test pairs keep the *true* preference (the
 sign of `r(a) - r(b)`) and are used only to measure.
+
+Completions are sampled autoregressively with the Gumbel-max trick, in
+NumPy, from any function that returns next-token logits.
 """
 
+
+def sample_completions(logits_fn, prompts, completion_len, rng, temperature=1.0):
+    """Autoregressively complete `prompts` (n, P) to (n, P + completion_len).
+
+    `logits_fn(tokens)` returns next-token logits (n, T, V) as NumPy; the
+    sequence is padded with zeros to full length (the model is causal, so
+    the padding never influences earlier positions)."""
+    n, p = prompts.shape
+    seq = np.zeros((n, p + completion_len), dtype="int32")
+    seq[:, :p] = prompts
+    for t in range(p, p + completion_len):
+        logits = np.asarray(logits_fn(seq), dtype="float64")[:, t - 1] / temperature
+        gumbel = -np.log(-np.log(rng.random(logits.shape)))
+        seq[:, t] = np.argmax(logits + gumbel, axis=-1)
+    return seq
+
+
+def preference_pairs(language, logits_fn, n, rng, flip=0.0):
+    """`n` prompts from the language, two completions each sampled from the
+    reference (`logits_fn`), labels by Bradley-Terry on the true reward, then
+    a fraction `flip` of labels swapped. Returns a dict of NumPy arrays,
+    including `clean`: the sign of the true reward difference (1: `a` better)."""
+    prompts = language.sample(n, rng)[:, :language.prompt_len]
+    a = sample_completions(logits_fn, prompts, language.completion_len, rng)
+    b = sample_completions(logits_fn, prompts, language.completion_len, rng)
+    diff = language.reward(a) - language.reward(b)
+    bt = (rng.random(n) < 1.0 / (1.0 + np.exp(-diff))).astype("float32")
+    flipped = rng.random(n) < flip
+    y = np.where(flipped, 1.0 - bt, bt).astype("float32")
+    return {"a": a, "b": b, "y": y, "clean": (diff > 0).astype("float32"),
+            "diff": diff, "flipped": flipped}
+
+
 n = 128 if quick else 512  # pairs for training, pairs for testing, test prompts
-train = _dpo.preference_pairs(lang, logits_of(reference), n, rng, flip=0.3)
-test = _dpo.preference_pairs(lang, logits_of(reference), n, rng)
+train = preference_pairs(lang, logits_of(reference), n, rng, flip=0.3)
+test = preference_pairs(lang, logits_of(reference), n, rng)
 test_prompts = lang.sample(n, rng)[:, :lang.prompt_len]
 print(f"{train['flipped'].mean():.0%} of training labels flipped")
+
+"""
+## DPO as an ordinary Keras model
+
+`pair_model(policy, ...)` maps `(tokens_a, tokens_b, ref_logp_a,
+ref_logp_b)` to the log-ratio margin
+`h = (log pi(a) - log pi_ref(a)) - (log pi(b) - log pi_ref(b))`, where
+`log pi(y)` is the sum of the completion tokens' log-probabilities given the
+prompt. It shares its weights with the policy `lm`.
+"""
+
+
+def sequence_logp(logits, tokens, prompt_len):
+    """Sum of token log-probs of the completion (positions >= prompt_len)."""
+    logp = ops.log_softmax(logits[:, prompt_len - 1:-1], axis=-1)
+    target = ops.expand_dims(tokens[:, prompt_len:], -1)
+    return ops.sum(ops.squeeze(ops.take_along_axis(logp, target, axis=-1), -1), axis=1)
+
+
+class SequenceLogProb(layers.Layer):
+    """Wraps the LM: tokens -> summed completion log-prob, shape (B,)."""
+
+    def __init__(self, lm, prompt_len, **kwargs):
+        super().__init__(**kwargs)
+        self.lm, self.prompt_len = lm, prompt_len
+
+    def call(self, tokens):
+        return sequence_logp(self.lm(tokens), tokens, self.prompt_len)
+
+
+def pair_model(lm, prompt_len, seq_len):
+    """(tokens_a, tokens_b, ref_logp_a, ref_logp_b) -> log-ratio margin h.
+
+    Train it with `make_loss(...)` and labels `y` (1: `a` preferred); the
+    policy is `lm` itself, the reference enters as precomputed log-probs.
+    Also returns the per-sequence log-prob model sharing the same `lm`.
+    """
+    logp_layer = SequenceLogProb(lm, prompt_len)
+    tok_a = keras.Input((seq_len,), dtype="int32")
+    tok_b = keras.Input((seq_len,), dtype="int32")
+    ref_a, ref_b = keras.Input(()), keras.Input(())
+    h = (logp_layer(tok_a) - ref_a) - (logp_layer(tok_b) - ref_b)
+    tok = keras.Input((seq_len,), dtype="int32")
+    return (keras.Model([tok_a, tok_b, ref_a, ref_b], h),
+            keras.Model(tok, logp_layer(tok)))
+
 
 """
 The reference log-probabilities of every completion are computed once: the
 reference is frozen, so DPO needs only these numbers from it.
 """
 
-_, reference_logp = _dpo.pair_model(reference, lang.prompt_len, lang.seq_len)
+_, reference_logp = pair_model(reference, lang.prompt_len, lang.seq_len)
 for pairs in (train, test):
     pairs["ref_a"] = np.asarray(reference_logp.predict_on_batch(pairs["a"]))
     pairs["ref_b"] = np.asarray(reference_logp.predict_on_batch(pairs["b"]))
 
 """
-## DPO as an ordinary Keras model
-
-`_dpo.pair_model(policy, ...)` maps `(tokens_a, tokens_b, ref_logp_a,
-ref_logp_b)` to the log-ratio margin
-`h = (log pi(a) - log pi_ref(a)) - (log pi(b) - log pi_ref(b))`, where
-`log pi(y)` is the sum of the completion tokens' log-probabilities given the
-prompt. The DPO loss is then a plain Keras loss on `h` and the label:
+The DPO loss is then a plain Keras loss on `h` and the label:
 
 - sigmoid DPO: `-log sigmoid(beta * h_w)` (`h_w`: winner's margin);
 - conservative DPO (cDPO): the same with label smoothing `eps`, i.e. assume a
@@ -121,9 +277,46 @@ prompt. The DPO loss is then a plain Keras loss on `h` and the label:
 - IPO: `(h_w - 1 / (2 * beta))**2`, which regresses the margin to a finite
   target instead of pushing it to infinity.
 
-All are written in `keras.ops` (see `_dpo.dpo_loss`, `_dpo.ipo_loss`), so
-`fit()` trains them on any backend.
+All are written in `keras.ops`, so `fit()` trains them on any backend.
+"""
 
+
+def dpo_loss(y_true, h, beta=0.1, label_smoothing=0.0):
+    """Sigmoid DPO (Rafailov et al. 2023), per pair.
+
+    `-(1 - eps) * log sigmoid(beta * h_w) - eps * log sigmoid(-beta * h_w)`
+    with `h_w` the margin of the labelled winner over the loser. With
+    `label_smoothing = eps > 0` this is conservative DPO (cDPO, Mitchell
+    2023): it assumes a fraction `eps` of labels is flipped. It equals binary
+    cross-entropy on the logit `beta * h` with smoothed labels.
+    """
+    y = ops.reshape(ops.cast(y_true, h.dtype), (-1,))
+    z = beta * ops.reshape(h, (-1,))
+    y = y * (1.0 - label_smoothing) + (1.0 - y) * label_smoothing
+    return y * ops.softplus(-z) + (1.0 - y) * ops.softplus(z)
+
+
+def ipo_loss(y_true, h, beta=0.1):
+    """IPO (Azar et al. 2023), per pair: `(h_w - 1 / (2 * beta))**2`."""
+    y = ops.reshape(ops.cast(y_true, h.dtype), (-1,))
+    target = (2.0 * y - 1.0) / (2.0 * beta)
+    return ops.square(ops.reshape(h, (-1,)) - target)
+
+
+def make_loss(kind="dpo", beta=0.1, label_smoothing=0.0):
+    """A Keras loss `fn(y_true, y_pred)` (mean over pairs); `y_pred` = h."""
+    if kind == "dpo":
+        def loss(y_true, y_pred):
+            return ops.mean(dpo_loss(y_true, y_pred, beta, label_smoothing))
+    elif kind == "ipo":
+        def loss(y_true, y_pred):
+            return ops.mean(ipo_loss(y_true, y_pred, beta))
+    else:
+        raise ValueError(f"kind must be 'dpo' or 'ipo'; received {kind!r}")
+    return loss
+
+
+"""
 A callback measures, on the clean test pairs, the *reward accuracy* (how
 often the implicit reward margin has the sign of the true preference) and
 the *mean absolute reward drift* `|beta * log(pi / pi_ref)|` over the test
@@ -131,6 +324,27 @@ completions; and, on completions sampled from the policy, the true reward
 and the KL divergence to the reference (the sum over completion positions
 of the exact next-token KL).
 """
+
+
+def reward_accuracy(reward_a, reward_b, clean):
+    """Fraction of pairs (with distinct true rewards) where the implicit
+    reward margin has the sign of the true preference."""
+    return float(np.mean((reward_a > reward_b) == (clean > 0.5)))
+
+
+def token_kl(policy_logits, ref_logits, prompt_len):
+    """Sequence KL(pi || pi_ref) estimated on sequences sampled from pi: the
+    sum over completion positions of the exact next-token KL, mean over
+    sequences (an unbiased estimator of the sequence-level KL)."""
+    lp = _log_softmax(np.asarray(policy_logits, "float64")[:, prompt_len - 1:-1])
+    lr = _log_softmax(np.asarray(ref_logits, "float64")[:, prompt_len - 1:-1])
+    return float((np.exp(lp) * (lp - lr)).sum(axis=(1, 2)).mean())
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
 
 BETA = 0.1
 
@@ -145,14 +359,14 @@ class HeldOutMetrics(keras.callbacks.Callback):
         ra = BETA * (np.asarray(self.policy_logp.predict_on_batch(test["a"])) - test["ref_a"])
         rb = BETA * (np.asarray(self.policy_logp.predict_on_batch(test["b"])) - test["ref_b"])
         keep = test["diff"] != 0
-        sample = _dpo.sample_completions(
+        sample = sample_completions(
             logits_of(self.policy), test_prompts, lang.completion_len, np.random.default_rng(1)
         )
         self.history.append({
-            "accuracy": _dpo.reward_accuracy(ra[keep], rb[keep], test["clean"][keep]),
+            "accuracy": reward_accuracy(ra[keep], rb[keep], test["clean"][keep]),
             "drift": float(np.mean(np.abs(np.concatenate([ra, rb])))),
-            "kl": _dpo.token_kl(logits_of(self.policy)(sample),
-                                logits_of(reference)(sample), lang.prompt_len),
+            "kl": token_kl(logits_of(self.policy)(sample),
+                           logits_of(reference)(sample), lang.prompt_len),
             "reward": float(lang.reward(sample).mean()),
         })
 
@@ -177,7 +391,8 @@ Two more arms run Adam and SNRAdam at one shared, untuned learning rate
 of `n` pairs the package suggests `alpha = b / (n - b)`
 (`keras_snr.finite_dataset_alpha`), which the benchmark also runs. Weight
 decay is off for every arm, so the only difference between Adam and SNRAdam
-is the gate.
+is the gate. For the SNRAdam arms, `keras_snr.GateLogger` logs the mean gate
+q over all coordinates after every epoch (`gate_mean` in the history).
 """
 
 
@@ -205,25 +420,31 @@ the reference's, and `compile()` gives it a fresh optimizer.
 epochs = 2 if quick else 20
 if quick:  # CI: two arms (the losses have their own tests in tests/)
     ARMS = {k: ARMS[k] for k in ("Adam", "SNRAdam (alpha 1)")}
-policy = _dpo.causal_lm(lang.vocab, lang.seq_len, dim=32, heads=2, blocks=1)
-model, policy_logp = _dpo.pair_model(policy, lang.prompt_len, lang.seq_len)
+policy = causal_lm(lang.vocab, lang.seq_len, dim=32, heads=2, blocks=1)
+model, policy_logp = pair_model(policy, lang.prompt_len, lang.seq_len)
 results = {}
 for name, (loss_args, make_optimizer, lr) in ARMS.items():
     policy.set_weights(reference.get_weights())
-    model.compile(optimizer=make_optimizer(lr), loss=_dpo.make_loss(beta=BETA, **loss_args))
+    optimizer = make_optimizer(lr)
+    model.compile(optimizer=optimizer, loss=make_loss(beta=BETA, **loss_args))
     metrics = HeldOutMetrics(policy, policy_logp)
-    model.fit(
+    callbacks = [metrics]
+    if isinstance(optimizer, keras_snr.SNRAdam):
+        callbacks.append(keras_snr.GateLogger())
+    history = model.fit(
         [train["a"], train["b"], train["ref_a"], train["ref_b"]],
         train["y"],
         batch_size=32,
         epochs=epochs,
         verbose=0,
-        callbacks=[metrics],
+        callbacks=callbacks,
     )
     results[name] = metrics.history
     final = metrics.history[-1]
+    gate = history.history.get("gate_mean")
     print(f"{name:24s} lr {lr:g}: reward accuracy {final['accuracy']:.3f}, "
-          f"drift {final['drift']:.3f}, KL {final['kl']:.2f}, true reward {final['reward']:.2f}")
+          f"drift {final['drift']:.3f}, KL {final['kl']:.2f}, true reward {final['reward']:.2f}"
+          + (f", mean gate q {gate[-1]:.3f}" if gate else ""))
 
 """
 ## Accuracy and drift over training
@@ -242,7 +463,10 @@ axes[0].set(xlabel="epoch", ylabel="held-out reward accuracy")
 axes[1].set(xlabel="epoch", ylabel="mean |beta log pi/pi_ref|", yscale="log")
 axes[0].legend(fontsize=8)
 fig.tight_layout()
-fig.savefig("dpo_with_noisy_preferences.png", dpi=100)
+figure_path = os.path.join(out_dir, "dpo_with_noisy_preferences.png")
+fig.savefig(figure_path, dpi=100)
+print(f"wrote {figure_path}")
+
 
 """
 ## What to expect

@@ -2,7 +2,7 @@
 Title: Training without a validation set
 Author: keras_snr contributors
 Date created: 2026/11/28
-Last modified: 2026/11/28
+Last modified: 2026/11/30
 Description: Estimate held-out loss from the training run alone with `PopulationRiskEstimate`, and early-stop on it.
 """
 
@@ -23,19 +23,45 @@ trust it; `benchmarks/population_risk_validation.py` shows where it tracks
 held-out loss and where it does not.
 """
 
+"""
+## Setup
+
+The guide runs as a script; `--help` lists its options. The figure goes to
+`--out-dir` (by default a new temporary folder, printed when written). It
+needs scikit-learn for the digits data.
+"""
+
 import argparse
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+
+parser = argparse.ArgumentParser(
+    description="Estimate held-out loss without a validation set with "
+    "keras_snr.PopulationRiskEstimate, and early-stop on it. Full run: two "
+    "trainings of a small MLP on 600 digits, 40 epochs each, about 15-25 s on a "
+    "2-core CPU "
+    "(measured twice with the JAX backend on a 2-core machine shared with other "
+    "jobs, 2026/11/30; TensorFlow and PyTorch were not timed).",
+)
+parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke test: 6 epochs instead of 40 (about 15-25 s with JAX, mostly imports)",
+)
+parser.add_argument(
+    "--out-dir",
+    help="folder for pop_risk_vs_held_out.png (default: a new temporary folder)",
+)
+args, _ = parser.parse_known_args()
+out_dir = args.out_dir or tempfile.mkdtemp(prefix="training_without_a_validation_set-")
+os.makedirs(out_dir, exist_ok=True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_snr  # noqa: E402
-
-parser = argparse.ArgumentParser()
-parser.add_argument("--quick", action="store_true", help="run in a few seconds")
-args, _ = parser.parse_known_args()
 
 """
 ## A task that overfits
@@ -120,8 +146,9 @@ plt.xlabel("epoch")
 plt.ylabel("cross-entropy")
 plt.legend()
 plt.tight_layout()
-plt.savefig("pop_risk_vs_held_out.png", dpi=100)
-print("saved pop_risk_vs_held_out.png")
+figure_path = os.path.join(out_dir, "pop_risk_vs_held_out.png")
+plt.savefig(figure_path, dpi=100)
+print(f"wrote {figure_path}")
 
 """
 ## Early stopping on `pop_risk`

@@ -3,12 +3,19 @@
 Each runs once, at a toy size, on JAX (the backend all four use for their
 jitted training loops), writing its JSON lines to a temporary file, never to
 `benchmarks/results/`. The checks are that every requested arm finished and
-recorded a finite result; the numbers themselves mean nothing at this size.
+recorded a finite result (the mean gate too, for SNRAdam arms); the numbers
+themselves mean nothing at this size.
+
+A static check: no benchmark edits `sys.path` (code they share lives in the
+package `benchmarks/tasks/`) or reads `SNRAdam`'s private state (they use
+`statistics()` / `gate_summary()`).
 """
 
+import glob
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +24,7 @@ from conftest import TESTS_DIR, only_on
 
 BENCHMARKS = os.path.join(os.path.dirname(TESTS_DIR), "benchmarks")
 
+# name: (arguments, arms expected, metric of a record, mean gate of a record)
 CASES = {
     "grokking": (
         ["--task", "add_mlp", "--fraction", "0.5", "--cap", "200", "--seeds", "0",
@@ -25,32 +33,37 @@ CASES = {
         {"adamw:lr=1e-3,wd=1", "snr:lr=1e-3,wd=1,alpha=fin",
          "grokfast:lr=1e-3,wd=1,a=0.98,lamb=2"},
         lambda r: r["history"][-1][1],  # [step, held-out accuracy, ...]
+        lambda r: r["history"][-1][4],  # [..., mean gate q]
     ),
     "inr_denoising": (
         ["--size", "16", "--sigmas", "0.1", "--seeds", "0", "--lrs", "1e-3",
          "--steps", "20", "--eval-every", "10", "--batch", "64"],
         {"adam", "snr_alpha1", "snr_finite"},
         lambda r: r["final_clean"],
+        lambda r: r["curve"]["gate"][-1],
     ),
     "pinn_convection": (
         ["--steps", "20", "--eval-every", "10", "--seeds", "0", "--n-col", "64",
          "--adamw-lrs", "1e-3", "--snr-lrs", "1e-3"],
         {"adamw@0.001", "snr1@0.001", "snrf@0.001"},
         lambda r: r["final_rel_l2"],
+        lambda r: r["mean_gate"],
     ),
     "dpo": (
         ["--seeds", "0", "--flips", "0.3", "--epochs", "1", "--lrs", "1e-3",
          "--pretrain-seqs", "128", "--pretrain-epochs", "1", "--arms", "adam", "snr_a1"],
         {"adam", "snr_a1"},
         lambda r: r["final"]["test_acc"],
+        lambda r: r["final"].get("gate_q"),
     ),
 }
+SNR_ARMS = re.compile(r"^snr")  # every arm name of an SNRAdam run starts so
 
 
 @only_on("jax")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_runs_at_toy_size(name, tmp_path):
-    args, arms, metric = CASES[name]
+    args, arms, metric, gate = CASES[name]
     out = tmp_path / f"{name}.jsonl"
     results = os.path.join(BENCHMARKS, "results")
     before = _snapshot(results)
@@ -66,6 +79,30 @@ def test_benchmark_runs_at_toy_size(name, tmp_path):
     for record in records:
         value = metric(record)
         assert isinstance(value, (int, float)) and math.isfinite(value), (record["arm"], value)
+        q = gate(record)
+        if SNR_ARMS.match(record["arm"]):
+            assert isinstance(q, float) and 0 <= q <= 1, (record["arm"], q)
+        else:
+            assert q is None, (record["arm"], q)
+
+
+PRIVATE_STATE = re.compile(
+    r"\._(momentums|velocities|noise_variances|gate|gate_of|gate_sums|statistics_of)\b"
+)
+
+
+def test_benchmarks_share_code_through_tasks_and_read_public_state():
+    files = sorted(glob.glob(os.path.join(BENCHMARKS, "**", "*.py"), recursive=True))
+    assert os.path.join(BENCHMARKS, "tasks", "__init__.py") in files
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        name = os.path.relpath(path, BENCHMARKS)
+        assert "sys.path.insert" not in source and "sys.path.append" not in source, (
+            f"{name} edits sys.path: `python benchmarks/NAME.py` already has benchmarks/ "
+            "on it, and shared code is imported from the package benchmarks/tasks/"
+        )
+        assert not PRIVATE_STATE.search(source), (name, PRIVATE_STATE.search(source).group())
 
 
 def _snapshot(folder):

@@ -1,21 +1,19 @@
-"""The grokking guide's and benchmark's shared helpers (guides/_grokking.py)."""
-
-import os
-import sys
+"""The grokking benchmark's data and Grokfast baseline
+(`benchmarks/tasks/grokking.py`), and the benchmarks' reading of SNRAdam's
+mean gate from stateless state (`benchmarks/tasks/optimizer_state.py`)."""
 
 import keras
 import numpy as np
 import pytest
-from conftest import TESTS_DIR
+from conftest import BACKEND
+from tasks import grokking  # benchmarks/ is on pytest's pythonpath
+from tasks.optimizer_state import mean_gate
 
 import keras_snr
 
-sys.path.insert(0, os.path.join(os.path.dirname(TESTS_DIR), "guides"))
-import _grokking  # noqa: E402
-
 
 def test_modular_division_table():
-    (x_train, y_train), (x_val, y_val) = _grokking.modular_data(
+    (x_train, y_train), (x_val, y_val) = grokking.modular_data(
         "div", p=7, train_fraction=0.5, seed=1, equals_token=True
     )
     x = np.concatenate([x_train, x_val])
@@ -37,7 +35,7 @@ def test_grokfast_matches_its_definition():
     settings = dict(learning_rate=0.1, weight_decay=0.5, beta_2=0.98)
 
     w = keras.Variable(np.array([1.0, -2.0], "float32"))
-    grokfast = _grokking.GrokfastAdamW(grokfast_alpha=a, grokfast_lamb=lamb, **settings)
+    grokfast = grokking.GrokfastAdamW(grokfast_alpha=a, grokfast_lamb=lamb, **settings)
     reference_w = keras.Variable(np.array([1.0, -2.0], "float32"))
     reference = keras.optimizers.AdamW(**settings)
 
@@ -57,27 +55,33 @@ def test_grokfast_matches_its_definition():
 
 
 @pytest.mark.parametrize("gate", ["snr", "soft", "hard"])
-def test_mean_gate_from_slots(gate):
-    """Recomputes q from m, v, s by the docstring's formulas, in NumPy."""
+def test_mean_gate_reads_stateless_values(gate):
+    """`mean_gate(optimizer, values)` on the values `stateless_apply` returns
+    equals `gate_summary()` once those values are written back (the formula
+    itself is checked against NumPy in test_statistics.py); under `jax.jit`
+    too. Other optimizers have no gate."""
+    if BACKEND == "tensorflow":
+        pytest.skip("stateless_apply is not supported on TensorFlow")
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in [(3, 4), (5,)]]
     optimizer = keras_snr.SNRAdam(gate=gate, alpha=0.3, softness=2.0, rho=0.9)
+    optimizer.build(variables)
+    train_values = [v.value for v in variables]
+    opt_values = [v.value for v in optimizer.variables]
     for _ in range(3):
         grads = [keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32"))
                  for v in variables]
-        optimizer.apply(grads, variables)
-    qs = []
-    for m, s in zip(optimizer._momentums, optimizer._noise_variances):
-        signal = (m.numpy() / (1 - 0.9**3)) ** 2
-        noise = s.numpy() / (1 - 0.9**3)
-        if gate == "snr":
-            q = signal / (signal + 2.0 * 0.3 * noise + 1e-16)
-        elif gate == "soft":
-            d = np.maximum(signal - 0.3 * noise, 0)
-            q = d / (d + 2.0 * noise + 1e-16)
-        else:
-            q = (signal > 0.3 * noise).astype("float32")
-        qs.append(q.ravel())
-    expected = np.concatenate(qs).mean()
-    got = float(keras.ops.convert_to_numpy(_grokking.mean_gate(optimizer, 3)))
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
+        train_values, opt_values = optimizer.stateless_apply(opt_values, grads, train_values)
+    assert float(keras.ops.convert_to_numpy(mean_gate(optimizer))) == 1.0  # untouched: step 0
+    got = float(keras.ops.convert_to_numpy(mean_gate(optimizer, opt_values)))
+    if BACKEND == "jax":
+        import jax
+
+        jitted = float(jax.jit(lambda values: mean_gate(optimizer, values))(opt_values))
+        assert jitted == pytest.approx(got, rel=1e-6)
+    for variable, value in zip(optimizer.variables, opt_values):
+        variable.assign(value)
+    want = float(keras.ops.convert_to_numpy(optimizer.gate_summary()["gate_mean"]))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert 0 <= got < 1
+    assert mean_gate(keras.optimizers.AdamW()) is None

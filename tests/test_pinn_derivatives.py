@@ -1,20 +1,16 @@
-"""The input-derivative helper of the PINN guide, on the current backend.
+"""The input-derivative helper of the PINN benchmark (and guide), on the
+current backend.
 
-Checks `guides/_pinn_derivatives.value_and_input_gradient` against analytic
-derivatives (a closed form, and a tanh MLP differentiated by hand in
-NumPy), and that the weight gradients `fit()` applies through a residual
+Checks `value_and_input_gradient` (`benchmarks/tasks/pinn_derivatives.py`)
+against analytic derivatives (a closed form, and a tanh MLP differentiated
+by hand in NumPy), and that the weight gradients `fit()` applies through a residual
 loss built on it equal finite differences of that loss.
 """
-
-import os
-import sys
 
 import keras
 import numpy as np
 from keras import ops
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guides"))
-from _pinn_derivatives import value_and_input_gradient  # noqa: E402
+from tasks.pinn_derivatives import value_and_input_gradient  # benchmarks/ is on pythonpath
 
 BETA = 5.0
 

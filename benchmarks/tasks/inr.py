@@ -1,7 +1,7 @@
-"""Data and model for the implicit-neural-representation guide and benchmark.
+"""Data and model of the implicit-neural-representation benchmark.
 
-Shared by `guides/denoising_implicit_neural_representation.py` and
-`benchmarks/inr_denoising.py` (which puts `guides/` on `sys.path`). Backend
+Used by `benchmarks/inr_denoising.py`;
+`guides/denoising_implicit_neural_representation.py` has its own copy. Backend
 agnostic: Keras layers and `keras.ops` only.
 """
 

@@ -1,16 +1,18 @@
-"""Shared pieces of the grokking guide and benchmark (not public API).
+"""The grokking benchmark's data, models and Grokfast baseline
+(`benchmarks/grokking.py`, tested in `tests/test_grokking.py`).
 
 - `modular_data`: the tables a+b, a*b^-1 (mod p), split into train/held-out.
 - `transformer` / `mlp`: the two small Keras models used.
 - `GrokfastAdamW`: AdamW on Grokfast-EMA filtered gradients (Lee et al. 2024).
-- `mean_gate`: mean gate openness q of an `SNRAdam` from its slots.
+- `steps_to`: the first evaluated step reaching a held-out accuracy.
+
+`guides/grokking_with_snr_adam.py` has its own copy of the data and the
+transformer (a guide runs on its own).
 """
 
 import keras
 import numpy as np
 from keras import ops
-
-from keras_snr.snr_adam import bias_correction
 
 OPERATIONS = {
     "add": lambda a, b, p: (a + b) % p,
@@ -108,18 +110,6 @@ class GrokfastAdamW(keras.optimizers.AdamW):
         config = super().get_config()
         config.update(grokfast_alpha=self.grokfast_alpha, grokfast_lamb=self.grokfast_lamb)
         return config
-
-
-def mean_gate(optimizer, step=None, optimizer_variables=None):
-    """Mean gate q of an `SNRAdam` (`SNRAdam.gate_summary()`), read from
-    `optimizer_variables` (stateless JAX values in the order of
-    `optimizer.variables`) when given. `step` is unused (the optimizer's own
-    iteration count is read); kept for the callers' signature."""
-    if optimizer_variables is None:
-        return optimizer.gate_summary()["gate_mean"]
-    mapping = list(zip(optimizer.variables, optimizer_variables))
-    with keras.StatelessScope(state_mapping=mapping):
-        return optimizer.gate_summary()["gate_mean"]
 
 
 def steps_to(history, threshold):

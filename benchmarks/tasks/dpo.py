@@ -1,5 +1,6 @@
-"""DPO losses in `keras.ops` and a tiny synthetic-language setup, shared by
-`guides/dpo_with_noisy_preferences.py` and `benchmarks/dpo.py`.
+"""DPO losses in `keras.ops` and a tiny synthetic-language setup, used by
+`benchmarks/dpo.py` and tested in `tests/test_dpo_losses.py`
+(`guides/dpo_with_noisy_preferences.py` has its own copy of what it uses).
 
 Everything here is backend-agnostic Keras 3 except the samplers, which take
 any `logits_fn(tokens) -> numpy array` and draw with NumPy.

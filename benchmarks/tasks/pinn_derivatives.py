@@ -13,8 +13,9 @@ branch per backend:
   that any enclosing `jax.grad`/`jax.jit` composes with;
 - PyTorch: `torch.autograd.grad(..., create_graph=True)`.
 
-Used by `guides/pinn_convection.py`, `benchmarks/pinn_convection.py` and
-`tests/test_pinn_derivatives.py`.
+Used by `benchmarks/pinn_convection.py` and tested in
+`tests/test_pinn_derivatives.py`; `guides/pinn_convection.py` has its own
+copy.
 """
 
 import keras

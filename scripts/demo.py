@@ -1,6 +1,8 @@
 """Side-by-side demo: Keras Adam vs SNRAdam on digits with noisy labels.
 
-Run with `python -m keras_snr.demo` (any backend: set `KERAS_BACKEND`).
+Run with `bash scripts/demo.sh` (sets up `.venv` first) or
+`python scripts/demo.py` (any backend: set `KERAS_BACKEND`). Needs
+scikit-learn (for the digits data), which keras_snr itself does not.
 
 The task: scikit-learn's `load_digits` (1,797 8x8 images, 10 classes, no
 download), split 70/30 into train and test, with 30% of the *training*
