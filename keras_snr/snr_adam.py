@@ -189,9 +189,11 @@ class SNRAdam(keras.optimizers.Optimizer):
             initializer=keras.initializers.Constant(SLOT_LAYOUT_VERSION),
             name="slot_layout_version",
         )
+        # No slots for variables Keras overwrites with their gradient (as
+        # Keras's own optimizers; read directly, for Keras < 3.10).
         self._momentums, self._velocities, self._noise_variances = (
             [
-                None if self._overwrite_variable_with_gradient(v) else self._add_slot(v, name)
+                None if getattr(v, "overwrite_with_gradient", False) else self._add_slot(v, name)
                 for v in var_list
             ]
             for name in _SLOT_NAMES
@@ -204,12 +206,15 @@ class SNRAdam(keras.optimizers.Optimizer):
         if _compute_dtype(variable.dtype) == variable.dtype:
             return self.add_variable_from_reference(variable, name=name)
 
+        layout = getattr(variable, "_layout", None)  # the variable's sharding
+
         def add():
             return self.add_variable(
                 shape=variable.shape,
                 dtype="float32",
                 name=f"{variable.path.replace('/', '_')}_{name}",
-                layout=getattr(variable, "_layout", None),
+                # `layout` only when there is one (Keras < 3.10 lacks it).
+                **({} if layout is None else {"layout": layout}),
             )
 
         if keras.backend.backend() != "tensorflow":
@@ -536,12 +541,17 @@ def _compute_dtype(dtype):
 
 
 def _dense(gradient):
-    """Sparse gradients (TensorFlow's `IndexedSlices` for embeddings, JAX's
-    `BCOO`) as dense tensors: the noise statistic decays every coordinate,
-    so the update is dense anyway."""
-    if _is_sparse(gradient):
-        return ops.convert_to_tensor(gradient, sparse=False)
-    return gradient
+    """Sparse gradients (TensorFlow's `IndexedSlices` for embeddings and
+    `SparseTensor`, JAX's `BCOO`) as dense tensors: the noise statistic
+    decays every coordinate, so the update is dense anyway."""
+    if not _is_sparse(gradient):
+        return gradient
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):  # keras.ops keeps these sparse
+            return tf.convert_to_tensor(gradient)
+    return ops.convert_to_tensor(gradient, sparse=False)
 
 
 def _is_sparse(x):
