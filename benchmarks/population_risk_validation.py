@@ -1,287 +1,184 @@
-"""How well does `PopulationRiskEstimate` track held-out loss?
+"""How well do estimates of the population (held-out) loss, computed from a
+training run alone, track the held-out loss, and is it safe to early-stop
+on them?
 
-Trains small models on four tasks whose held-out data the estimator never
-sees, under `SNRAdam(gate=None)` (AdamW dynamics) and `SNRAdam` with the snr
-gate at `alpha = finite_dataset_alpha(b, n)`, and compares every estimator
-of `keras_snr.callbacks.ESTIMATORS` against the held-out loss of each epoch:
+Trains small models on seven tasks under two optimizer dynamics, Adam
+(`SNRAdam(gate=None)`) and the SNR gate (`SNRAdam(gate="snr",
+alpha=finite_dataset_alpha(b, n))`), and records per epoch, through the
+public API only (`optimizer.statistics()`, `optimizer.iterations`,
+`optimizer.learning_rate`, `logs["loss"]`), scalar reductions of the
+optimizer state, the logs of the library's
+`keras_snr.PopulationRiskEstimate(diagnostics=True)` and of the legacy
+estimators (`pop_risk/legacy.py`, keys `legacy_*`), and the held-out loss
+(computed by a recorder from data no estimator sees). The library's own
+logged `pop_risk` is scored as candidate `library`; the other candidates are
+evaluated OFFLINE from the recorded series (`pop_risk/estimators.py`), among
+them `min_dec_cal+rel`, an offline float64 replica of the library's
+estimator (the report gives their agreement per run). The
+covariance-penalty reference (Efron 2004) is estimated with shadow runs
+(`pop_risk.record.run_shadows`).
 
-- Spearman correlation between the estimate and the held-out loss over
-  epochs (NaN for a constant estimate);
-- mean absolute relative error |estimate - held-out| / held-out;
-- early-stopping regret: held-out loss at the epoch minimising the estimate,
-  relative to the best held-out loss of the run; also for "never stop"
-  (last epoch, which here is also the lowest-train-loss epoch) and for
-  "stop after epoch 1" (the prequential first-epoch loss is constant, so
-  minimising it stops at once).
+Tasks (`pop_risk/tasks.py`): noisy_digits (MLP, 30 % flipped labels),
+teacher_student (regression, noisy targets), modular_addition (one-hot MLP,
+noise-free labels, no decay), noisy_image (Fourier-feature INR), digits_cnn
+(CNN, 25 % flipped labels), markov_lm (1-block transformer on an order-2
+Markov language), grokking ((a + b) mod 47, embedding MLP, weight decay 1).
 
-Held-out loss comes from `validation_data`; the callback reads only
-`logs["loss"]` and the optimizer's slots, never `val_*`.
+Metrics per task x dynamics, mean +- std over seeds: Spearman(estimate,
+held-out) over epochs; mean |estimate - held-out| / held-out; argmin regret
+(held-out at the estimate's argmin vs the best epoch); Keras EarlyStopping
+(mode="min", restore_best_weights=True, patience P) replayed on the
+recorded series: its held-out loss vs the best epoch and vs training to
+the end; the regret of never stopping. Targets: Spearman >= 0.9 and ES
+regret vs the best epoch <= 5 % per task x dynamics (means over seeds);
+safety: ES within +2 % of never stopping for every task, dynamics and seed.
 
-Tasks: (a) sklearn digits with 30 % of labels flipped (train and held-out
-labels drawn from the same noisy distribution), MLP; (b) teacher-student
-regression with noisy targets; (c) modular addition (a + b) mod 23 with 40 %
-of pairs for training; (d) a noisy 32x32 camera image fitted by a
-Fourier-feature MLP on 60 % of its pixels, held-out = the other 40 % of
-noisy pixels (`clean_mse` of the full image is reported too).
+Usage (JAX, one intra-op thread per process):
+    # record (resumable; one JSON per run under --raw), then score
+    python benchmarks/population_risk_validation.py --seeds 6 \\
+        --raw /tmp/poprisk2/raw --out benchmarks/results/population_risk
+    # parallel: start k processes with --record-only --shard i/k, then --score-only
+    python benchmarks/population_risk_validation.py --quick   # smoke test, ~2 min
+    python benchmarks/population_risk_validation.py --quick --tasks noisy_digits \\
+        --epochs 3 --raw /tmp/x/raw --out /tmp/x/pr     # toy size, ~30 s
+    # options: --tasks T ..., --dynamics adam snr, --shard i/k, --score-only,
+    # --record-only, --shadows K, --patience P (default 20), --epochs E
+    # seeds 0-2 are reported as design seeds, seeds >= 3 as held back; the
+    # shadow runs (covariance-penalty reference) are made for seeds < 3 only.
+    python benchmarks/population_risk_verify.py --raw /tmp/poprisk2/raw \\
+        --out benchmarks/results/population_risk_es_check.json
+    python benchmarks/population_risk_cost.py --out benchmarks/results/population_risk_cost.json
+    # then --score-only again, to include both in the report
 
-Usage:
-    KERAS_BACKEND=jax python benchmarks/population_risk_validation.py \
-        --seeds 3 --out results.json
-    python benchmarks/population_risk_validation.py --quick
+The report includes OUT_notes.md (hand-written findings), OUT_es_check.json
+and OUT_cost.json when they exist (OUT = --out). Files: pop_risk/tasks.py
+(tasks), pop_risk/record.py (runs, recorder, shadow runs),
+pop_risk/estimators.py (candidates, EarlyStopping replay, metrics,
+reference), pop_risk/report.py (tables), pop_risk/legacy.py (the legacy
+estimators' callback). --quick is a smoke test: with its few epochs
+patience 20 never stops.
 """
 
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+from _common import set_threads  # noqa: E402  (benchmarks/ is on sys.path)
 
-import keras_snr  # noqa: E402
-from keras_snr.callbacks import ESTIMATORS  # noqa: E402
-
-
-# ---------------------------------------------------------------- tasks
+DYNAMICS = {"adam": None, "snr": "snr"}
+SHADOW_TASKS = ("noisy_digits", "teacher_student", "noisy_image", "digits_cnn", "markov_lm")
 
 
-def noisy_digits(seed, quick):
-    from sklearn.datasets import load_digits
-
-    rng = np.random.default_rng(seed)
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32")
-    flip = rng.random(len(y)) < 0.3
-    y = np.where(flip, rng.integers(0, 10, len(y)), y)
-    order = rng.permutation(len(y))
-    n = 400 if quick else 600
-    tr, te = order[:n], order[n:]
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return model, loss, (x[tr], y[tr]), (x[te], y[te]), 40, None
+def run_list(tasks, dynamics, seeds, shadows):
+    runs = [("main", t, d, s) for t in tasks for d in dynamics for s in seeds]
+    if shadows:
+        runs += [("shadow", t, d, s) for t in tasks if t in SHADOW_TASKS
+                 for d in dynamics for s in seeds if s < 3]
+    return runs
 
 
-def teacher_student(seed, quick):
-    rng = np.random.default_rng(seed)
-    d, n, n_test = 20, 500, 4000
-    w1 = rng.normal(size=(d, 16)) / np.sqrt(d)
-    w2 = rng.normal(size=(16, 1)) / 4.0
-
-    def sample(k):
-        x = rng.normal(size=(k, d)).astype("float32")
-        f = np.tanh(x @ w1) @ w2
-        return x, (f + 0.3 * rng.normal(size=f.shape)).astype("float32")
-
-    train, test = sample(n), sample(n_test)
-    model = keras.Sequential(
-        [
-            keras.Input((d,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(1),
-        ]
-    )
-    return model, "mse", train, test, 60, None
+def raw_path(raw, kind, task, dyn, seed, quick, epochs=None):
+    tag = ("quick__" if quick else "") + (f"e{epochs}__" if epochs else "")
+    return os.path.join(raw, f"{tag}{kind}__{task}__{dyn}__{seed}.json")
 
 
-def modular_addition(seed, quick):
-    rng = np.random.default_rng(seed)
-    p = 23
-    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
-    a, b = a.ravel(), b.ravel()
-    x = np.concatenate([np.eye(p)[a], np.eye(p)[b]], axis=1).astype("float32")
-    y = (a + b) % p
-    order = rng.permutation(len(y))
-    n = int(0.4 * len(y))
-    tr, te = order[:n], order[n:]
-    model = keras.Sequential(
-        [
-            keras.Input((2 * p,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(p),
-        ]
-    )
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return model, loss, (x[tr], y[tr]), (x[te], y[te]), 80, None
+def collect(args):
+    import keras
 
+    from pop_risk import record as R
+    from pop_risk.tasks import TASKS
 
-def noisy_image(seed, quick):
-    from skimage import data
-    from skimage.transform import resize
-
-    rng = np.random.default_rng(seed)
-    img = resize(data.camera().astype("float32") / 255.0, (32, 32), anti_aliasing=True)
-    noisy = img + 0.1 * rng.normal(size=img.shape)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), indexing="ij")
-    coords = np.stack([yy.ravel(), xx.ravel()], 1)
-    freqs = rng.normal(size=(2, 64)) * 8.0
-    feats = np.concatenate(
-        [np.sin(np.pi * coords @ freqs), np.cos(np.pi * coords @ freqs)], 1
-    ).astype("float32")
-    target = noisy.reshape(-1, 1).astype("float32")
-    order = rng.permutation(len(target))
-    n = int(0.6 * len(target))
-    tr, te = order[:n], order[n:]
-    model = keras.Sequential(
-        [
-            keras.Input((128,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(1),
-        ]
-    )
-    extra = (feats, img.reshape(-1, 1).astype("float32"))
-    return model, "mse", (feats[tr], target[tr]), (feats[te], target[te]), 60, extra
-
-
-TASKS = {
-    "noisy_digits": noisy_digits,
-    "teacher_student": teacher_student,
-    "modular_addition": modular_addition,
-    "noisy_image": noisy_image,
-}
-
-
-# ---------------------------------------------------------------- runs
-
-
-def run(task, gate, seed, quick, batch_size=32):
-    keras.utils.set_random_seed(seed)
-    model, loss, train, test, epochs, extra = TASKS[task](seed, quick)
-    if quick:
-        epochs = max(5, epochs // 5)
-    n = len(train[0])
-    alpha = keras_snr.finite_dataset_alpha(batch_size, n)
-    if gate is None:
-        opt = keras_snr.SNRAdam(learning_rate=1e-3, gate=None, weight_decay=None)
-    else:
-        opt = keras_snr.SNRAdam(
-            learning_rate=1e-3, gate=gate, alpha=alpha, weight_decay=None
-        )
-    model.compile(optimizer=opt, loss=loss)
-    callbacks = [
-        keras_snr.PopulationRiskEstimate(
-            dataset_size=n, batch_size=batch_size, diagnostics=True
-        )
-    ]
-    clean = []
-    if extra is not None:
-
-        class CleanMSE(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                pred = self.model.predict(extra[0], batch_size=1024, verbose=0)
-                clean.append(float(np.mean((pred - extra[1]) ** 2)))
-
-        callbacks.append(CleanMSE())
-    history = model.fit(
-        *train,
-        batch_size=batch_size,
-        epochs=epochs,
-        validation_data=test,
-        validation_batch_size=2048,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    ).history
-    history["clean_mse"] = clean
-    return history
-
-
-def score(history):
-    held = np.asarray(history["val_loss"])
-    best = held.min()
-    out = {}
-    for name in ESTIMATORS:
-        est = np.asarray(history[f"pop_risk_{name}"])
-        if np.all(np.isfinite(est)) and np.ptp(est) > 0:
-            rho = stats.spearmanr(est, held).statistic
+    os.makedirs(args.raw, exist_ok=True)
+    runs = run_list(args.tasks, args.dynamics, args.seed_list, args.shadows)
+    i, k = (int(x) for x in args.shard.split("/"))
+    runs = runs[i::k]
+    for kind, task, dyn, seed in runs:
+        path = raw_path(args.raw, kind, task, dyn, seed, args.quick, args.epochs)
+        if os.path.exists(path):
+            continue
+        t0 = time.time()
+        if kind == "main":
+            rec, _, _ = R.run_main(TASKS[task], DYNAMICS[dyn], seed, args.quick,
+                                   epochs=args.epochs)
         else:
-            rho = float("nan")
-        mare = float(np.mean(np.abs(est - held) / held))
-        stop = int(np.nanargmin(est)) if np.any(np.isfinite(est)) else len(held) - 1
-        out[name] = {
-            "spearman": float(rho),
-            "mare": mare,
-            "regret": float(held[stop] / best - 1),
-            "stop_epoch": stop + 1,
-        }
-    train = np.asarray(history["loss"])
-    out["never_stop"] = {"regret": float(held[-1] / best - 1)}
-    out["lowest_train_loss"] = {"regret": float(held[int(np.argmin(train))] / best - 1)}
-    out["epoch_1"] = {"regret": float(held[0] / best - 1)}
-    out["best_epoch"] = int(np.argmin(held)) + 1
-    out["epochs"] = len(held)
-    return out
+            rec = R.run_shadows(TASKS[task], DYNAMICS[dyn], seed, args.quick,
+                                shadows=args.shadows, epochs=args.epochs)
+        rec.update(kind=kind, task=task, dynamics=dyn, seed=seed, quick=args.quick,
+                   backend=keras.backend.backend(),
+                   date=time.strftime("%Y-%m-%d %H:%M:%S"))
+        with open(path + ".tmp", "w") as f:
+            json.dump(rec, f)
+        os.replace(path + ".tmp", path)
+        print(f"# {kind:6s} {task:17s} {dyn:4s} seed {seed}: {len(rec['epochs'])} epochs, "
+              f"{time.time() - t0:.1f}s", flush=True)
 
 
-def fmt(values):
-    values = np.asarray([v for v in values], dtype=float)
-    if np.all(np.isnan(values)):
-        return "n/a"
-    if len(values) == 1:
-        return f"{np.nanmean(values):.3f}"
-    return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}"
+def load_runs(raw, tasks, dynamics, seeds, quick, epochs=None):
+    runs = {}
+    for kind in ("main", "shadow"):
+        for t in tasks:
+            for d in dynamics:
+                for s in seeds:
+                    path = raw_path(raw, kind, t, d, s, quick, epochs)
+                    if os.path.exists(path):
+                        with open(path) as f:
+                            runs[(kind, t, d, s)] = json.load(f)
+    return runs
+
+
+TASK_NAMES = ("noisy_digits", "teacher_student", "modular_addition", "noisy_image",
+              "digits_cnn", "markov_lm", "grokking")  # = pop_risk.tasks.TASKS (imports keras)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, few epochs")
+    parser.add_argument("--quick", action="store_true", help="1 seed, few epochs, 2 shadows")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
-    parser.add_argument("--out", help="write all histories and scores as JSON")
+    parser.add_argument("--tasks", nargs="*", default=list(TASK_NAMES), choices=TASK_NAMES)
+    parser.add_argument("--dynamics", nargs="*", default=list(DYNAMICS), choices=list(DYNAMICS))
+    parser.add_argument("--shadows", type=int, default=4,
+                        help="shadow runs per reference run (0: no reference)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="EarlyStopping patience (default: the recommended one)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every run (default: the task's; --quick: a fifth, >= 5)")
+    parser.add_argument("--raw", default="/tmp/poprisk2/raw", help="per-run JSON records")
+    parser.add_argument("--shard", default="0/1", help="i/k: run every k-th run from i")
+    parser.add_argument("--score-only", action="store_true")
+    parser.add_argument("--record-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--es-json", default=None,
+                        help="output of population_risk_verify.py (default OUT_es_check.json), "
+                             "included in the report if present")
+    parser.add_argument("--notes", default=None,
+                        help="hand-written findings (default OUT_notes.md), included if present")
+    parser.add_argument("--cost-json", default=None,
+                        help="output of population_risk_cost.py (default OUT_cost.json), "
+                             "included in the report if present")
+    parser.add_argument("--out", help="prefix of the outputs: OUT.md, OUT.json, OUT_raw.json.gz")
     args = parser.parse_args()
-    seeds = [0] if args.quick else list(range(args.seeds))
-    gates = {"adam (gate=None)": None, "snr gate": "snr"}
-    results = []
-    start = time.time()
-    for task in args.tasks:
-        for gate_name, gate in gates.items():
-            for seed in seeds:
-                t0 = time.time()
-                history = run(task, gate, seed, args.quick)
-                scores = score(history)
-                results.append(
-                    {"task": task, "optimizer": gate_name, "seed": seed,
-                     "history": history, "scores": scores}
-                )
-                print(
-                    f"# {task:17s} {gate_name:16s} seed {seed}: "
-                    f"best epoch {scores['best_epoch']}/{scores['epochs']}, "
-                    f"{time.time() - t0:.1f}s",
-                    flush=True,
-                )
-    print(f"\n{len(results)} runs in {time.time() - start:.0f}s, backend "
-          f"{keras.backend.backend()}, seeds {seeds}\n")
-    print("| task | optimizer | estimator | Spearman | MARE | ES regret |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for task in args.tasks:
-        for gate_name in gates:
-            rows = [r["scores"] for r in results
-                    if r["task"] == task and r["optimizer"] == gate_name]
-            for name in ESTIMATORS:
-                print(
-                    f"| {task} | {gate_name} | {name} | "
-                    f"{fmt([r[name]['spearman'] for r in rows])} | "
-                    f"{fmt([r[name]['mare'] for r in rows])} | "
-                    f"{fmt([r[name]['regret'] for r in rows])} |"
-                )
-            for name in ("never_stop", "lowest_train_loss", "epoch_1"):
-                print(f"| {task} | {gate_name} | *{name}* | | | "
-                      f"{fmt([r[name]['regret'] for r in rows])} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"backend": keras.backend.backend(), "seeds": seeds,
-                       "results": results}, f)
+    if args.quick:
+        args.seeds = 1
+        args.shadows = min(args.shadows, 2)
+    args.seed_list = list(range(args.seeds))
+    for key, suffix in (("es_json", "_es_check.json"), ("notes", "_notes.md"),
+                        ("cost_json", "_cost.json")):
+        if getattr(args, key) is None and args.out:
+            setattr(args, key, args.out + suffix)
+    set_threads(args.threads)
+    if not args.score_only:
+        collect(args)
+    if args.record_only:
+        return
+    from pop_risk import report
+
+    runs = load_runs(args.raw, args.tasks, args.dynamics, args.seed_list, args.quick, args.epochs)
+    report.report(runs, args, command=" ".join(["python", *sys.argv]))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def snr_optimizers(optimizer):
 
 
 def compile_reader(fn, optimizers):
-    """`fn()` (reading the state of `optimizers`) as one compiled call.
+    """`fn(*args)` (reading the state of `optimizers`) as one compiled call.
 
     - JAX: `jax.jit`, with the optimizers' variables passed in as arguments
       through a `keras.StatelessScope` (a jitted function must not capture
@@ -41,8 +41,8 @@ def compile_reader(fn, optimizers):
       there too; the cost is per-variable dispatch (measured in
       `benchmarks/callback_overhead.py`).
 
-    Returns a function of no arguments returning `fn()`'s structure of
-    tensors.
+    `args` are tensors or (nested) lists of tensors of fixed shapes. Returns
+    a function of `*args` returning `fn(*args)`'s structure of tensors.
     """
     backend = keras.backend.backend()
     if backend == "jax":
@@ -51,11 +51,15 @@ def compile_reader(fn, optimizers):
         variables = [v for opt in optimizers for v in opt.variables]
 
         @jax.jit
-        def stateless(values):
+        def stateless(values, *args):
             with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return fn()
+                return fn(*args)
 
-        return lambda: stateless([v.value for v in variables])
+        def call(*args):
+            return stateless([v.value for v in variables], *args)
+
+        call.compiled = stateless
+        return call
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -63,9 +67,9 @@ def compile_reader(fn, optimizers):
     if backend == "torch":
         import torch
 
-        def eager():
+        def eager(*args):
             with torch.no_grad():
-                return fn()
+                return fn(*args)
 
         return eager
     return fn

@@ -1,14 +1,17 @@
 """The long benchmarks behind the README's results still run.
 
-Each runs once, at a toy size, on JAX (the backend all four use for their
-jitted training loops), writing its JSON lines to a temporary file, never to
-`benchmarks/results/`. The checks are that every requested arm finished and
-recorded a finite result (the mean gate too, for SNRAdam arms); the numbers
-themselves mean nothing at this size.
+Each runs once, at a toy size, on JAX (the backend all of them use for their
+jitted training loops), writing its outputs to a temporary directory, never
+to `benchmarks/results/`. The checks are that every requested arm finished
+and recorded a finite result (the mean gate too, for SNRAdam arms); the
+numbers themselves mean nothing at this size. The population-risk benchmark
+(`population_risk_validation.py`) is run the same way on one task, both
+dynamics, one seed and three epochs, and must also report the library's
+`pop_risk` in agreement with its offline replica.
 
 A static check: no benchmark edits `sys.path` (code they share lives in the
-package `benchmarks/tasks/`) or reads `SNRAdam`'s private state (they use
-`statistics()` / `gate_summary()`).
+packages `benchmarks/tasks/` and `benchmarks/pop_risk/`) or reads
+`SNRAdam`'s private state (they use `statistics()` / `gate_summary()`).
 """
 
 import glob
@@ -86,6 +89,35 @@ def test_benchmark_runs_at_toy_size(name, tmp_path):
             assert q is None, (record["arm"], q)
 
 
+@only_on("jax")
+def test_population_risk_benchmark_runs_at_toy_size(tmp_path):
+    results = os.path.join(BENCHMARKS, "results")
+    before = _snapshot(results)
+    out = tmp_path / "population_risk"
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "population_risk_validation.py"), "--quick",
+         "--tasks", "noisy_digits", "--epochs", "3", "--shadows", "2",
+         "--raw", str(tmp_path / "raw"), "--out", str(out)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _snapshot(results) == before, "a run with --out elsewhere wrote to benchmarks/results/"
+    assert len(list((tmp_path / "raw").glob("*.json"))) == 4  # 2 main + 2 shadow runs
+    assert (tmp_path / "population_risk.md").read_text().startswith("# Population-risk")
+    assert (tmp_path / "population_risk_raw.json.gz").exists()
+    report = json.loads((tmp_path / "population_risk.json").read_text())
+    assert [(r["task"], r["dynamics"]) for r in report["headline"]] == [
+        ("noisy_digits", "adam"), ("noisy_digits", "snr")]
+    for row in report["headline"]:
+        for name in ("library", "capped", "tic", "train_loss", "reference"):
+            assert math.isfinite(row[name]["regret"]), (name, row)
+    library = [s for s in report["scores"] if s["candidate"] == "library"]
+    assert len(library) == 2 and all(s["es_ran"] == 3 for s in library)
+    # the library's own logged pop_risk vs the offline float64 replica
+    assert report["agreement"]["overall"]["pop_risk_max_rel"] < 1e-5, report["agreement"]
+
+
 PRIVATE_STATE = re.compile(
     r"\._(momentums|velocities|noise_variances|gate|gate_of|gate_sums|statistics_of)\b"
 )
@@ -100,7 +132,8 @@ def test_benchmarks_share_code_through_tasks_and_read_public_state():
         name = os.path.relpath(path, BENCHMARKS)
         assert "sys.path.insert" not in source and "sys.path.append" not in source, (
             f"{name} edits sys.path: `python benchmarks/NAME.py` already has benchmarks/ "
-            "on it, and shared code is imported from the package benchmarks/tasks/"
+            "on it, and shared code is imported from the packages benchmarks/tasks/ and "
+            "benchmarks/pop_risk/"
         )
         assert not PRIVATE_STATE.search(source), (name, PRIVATE_STATE.search(source).group())
 

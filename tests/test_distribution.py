@@ -18,6 +18,7 @@ assert on the report.
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import BACKEND
@@ -172,6 +173,29 @@ report["model_parallel_bf16"] = {{
     "slots_after_fit": after,
 }}
 
+
+
+def estimate_history(distribution):
+    # keras_snr's callbacks under keras.distribution: batch_size is global.
+    import keras_snr
+
+    scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
+    with scope:
+        model = build(init)
+        x, y = data()
+        history = model.fit(
+            x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
+            callbacks=[keras_snr.PopulationRiskEstimate(dataset_size=32, batch_size=16),
+                       keras_snr.GateLogger()],
+        ).history
+    return {{k: history[k] for k in ("pop_risk", "pop_risk_estimate", "gate_mean")}}
+
+
+report["callbacks_single"] = estimate_history(None)
+report["callbacks_data_parallel"] = estimate_history(
+    keras.distribution.DataParallel(devices=devices)
+)
+
 with open({str(report_path)!r}, "w") as f:
     json.dump(report, f)
 """
@@ -207,6 +231,14 @@ def test_jax_data_parallel_matches_single_device(jax_report):
     # Replicated variables, replicated slots.
     _check_slot_shardings(result["slots_before_fit"], {})
     _check_slot_shardings(result["slots_after_fit"], {})
+
+
+@only_on("jax")
+def test_jax_data_parallel_callbacks_match_single_device(jax_report):
+    single, parallel = jax_report["callbacks_single"], jax_report["callbacks_data_parallel"]
+    for key in single:
+        assert len(parallel[key]) == 3
+        np.testing.assert_allclose(parallel[key], single[key], rtol=1e-4, err_msg=key)
 
 
 @only_on("jax")
