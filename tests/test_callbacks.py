@@ -288,7 +288,7 @@ def test_repeated_dataset_with_steps_per_epoch():
     model = _model()
     with pytest.warns(UserWarning, match="more than one pass"):
         history = model.fit(
-            data, steps_per_epoch=10, epochs=2, verbose=0,
+            data, steps_per_epoch=10, epochs=2, verbose=0, shuffle=False,
             callbacks=[keras_snr.PopulationRiskEstimate(dataset_size=N, batch_size=BATCH)],
         ).history
     assert all(math.isfinite(v) for v in history["pop_risk"])
