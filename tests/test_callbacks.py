@@ -286,11 +286,14 @@ def test_repeated_dataset_with_steps_per_epoch():
     x, y = _data()
     data = _tf_free_repeat(x, y)
     model = _model()
-    with pytest.warns(UserWarning, match="more than one pass"):
+    with pytest.warns(UserWarning) as caught:
         history = model.fit(
             data, steps_per_epoch=10, epochs=2, verbose=0, shuffle=False,
             callbacks=[keras_snr.PopulationRiskEstimate(dataset_size=N, batch_size=BATCH)],
         ).history
+    messages = " ".join(str(w.message) for w in caught)
+    assert "fit() runs 10" in messages  # 10 steps where 96 / 16 gives 6
+    assert "more than one pass" in messages  # so epoch 1 is not prequential
     assert all(math.isfinite(v) for v in history["pop_risk"])
 
 
