@@ -140,11 +140,11 @@ class _Scalars:
 
 
 class _Tensors:
-    """A list of same-dtype tensors with elementwise arithmetic as
-    `torch._foreach_*` kernels (one call for all variables), so that
-    `keras_snr.gate.gate` runs on all of them at once. The other operand is
-    another `_Tensors`, a Python float or a 0-d tensor. In-place forms
-    (`+=`, `*=`) update the tensors of the left operand."""
+    """A list of same-dtype tensors with the arithmetic `keras_snr.gate.gate`
+    uses as `torch._foreach_*` kernels (one call for all variables), so that
+    the gate runs on all of them at once: `x * list`, `list += x` (in
+    place), `list / list`, and `relu`/`sign` as its `xp`. The other operand
+    is another `_Tensors`, a `_Squared`, a Python float or a 0-d tensor."""
 
     __slots__ = ("tensors",)
 
@@ -155,25 +155,12 @@ class _Tensors:
     def _arg(other):
         return other.tensors if isinstance(other, _Tensors) else other
 
-    def __add__(self, other):
-        return _Tensors(torch._foreach_add(self.tensors, self._arg(other)))
-
-    __radd__ = __add__
-
     def __iadd__(self, other):
         if isinstance(other, _Squared):
             torch._foreach_addcmul_(self.tensors, other.tensors, other.tensors)
         else:
             torch._foreach_add_(self.tensors, self._arg(other))
         return self
-
-    def __sub__(self, other):
-        return _Tensors(torch._foreach_sub(self.tensors, self._arg(other)))
-
-    def __rsub__(self, other):  # other - self
-        out = torch._foreach_neg(self.tensors)
-        torch._foreach_add_(out, other)
-        return _Tensors(out)
 
     def __mul__(self, other):
         return _Tensors(torch._foreach_mul(self.tensors, self._arg(other)))
@@ -183,7 +170,6 @@ class _Tensors:
     def __truediv__(self, other):
         return _Tensors(torch._foreach_div(self.tensors, self._arg(other)))
 
-    # `gate` as `xp`: relu and sign
     @staticmethod
     def relu(x):
         return _Tensors(torch._foreach_clamp_min(x.tensors, 0.0))

@@ -19,7 +19,6 @@ from keras_snr.statistics import compile_reader
 from keras_snr.statistics import snr_optimizers
 
 
-
 def _require_snr_optimizers(callback):
     """The SNRAdams behind `callback.model`'s optimizer, or a clear error."""
     model = callback.model
@@ -87,8 +86,6 @@ class GateLogger(keras.callbacks.Callback):
         logs[f"{self.prefix}open_fraction"] = float(ops.convert_to_numpy(open_fraction))
 
 
-
-
 def _host(x):
     """A Python float from a scalar tensor or keras Variable."""
     if isinstance(x, keras.Variable):
@@ -104,6 +101,41 @@ def _positive_int(name, value):
             f"`{name}` must be a positive integer or None; received {name}={value!r}"
         )
     return int(value)
+
+
+def _resolve_sizes(dataset_size, batch_size, steps):
+    """`(n, b)` from the arguments and the steps per epoch `fit()` runs."""
+    n, b = dataset_size, batch_size
+    if b is None:
+        if not steps:
+            raise ValueError(
+                "PopulationRiskEstimate could not infer the batch size: "
+                "the number of steps per epoch is unknown. Pass `batch_size=`."
+            )
+        b = math.ceil(n / steps)
+    if n is None:
+        if not steps:
+            raise ValueError(
+                "PopulationRiskEstimate could not infer the dataset size: "
+                "the number of steps per epoch is unknown. Pass `dataset_size=`."
+            )
+        n = b * steps
+    if b >= n:
+        raise ValueError(
+            f"The batch size ({b}) must be smaller than the dataset size "
+            f"({n}); with full-batch training there is no sampling noise "
+            "to estimate the gap from."
+        )
+    if steps and math.ceil(n / b) != steps:
+        warnings.warn(
+            f"PopulationRiskEstimate: dataset_size={n} and batch_size={b} "
+            f"give {math.ceil(n / b)} steps per epoch, but fit() runs "
+            f"{steps}. Check `dataset_size` and `batch_size` (with "
+            "`steps_per_epoch` or a repeated dataset, pass the size of "
+            "the underlying training set).",
+            stacklevel=4,  # the caller of on_train_begin
+        )
+    return n, b
 
 
 _TINY = 1e-30
@@ -245,40 +277,6 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ set-up
 
-    def _resolve_sizes(self):
-        steps = (self.params or {}).get("steps")
-        n, b = self.dataset_size, self.batch_size
-        if b is None:
-            if not steps:
-                raise ValueError(
-                    "PopulationRiskEstimate could not infer the batch size: "
-                    "the number of steps per epoch is unknown. Pass `batch_size=`."
-                )
-            b = math.ceil(n / steps)
-        if n is None:
-            if not steps:
-                raise ValueError(
-                    "PopulationRiskEstimate could not infer the dataset size: "
-                    "the number of steps per epoch is unknown. Pass `dataset_size=`."
-                )
-            n = b * steps
-        if b >= n:
-            raise ValueError(
-                f"The batch size ({b}) must be smaller than the dataset size "
-                f"({n}); with full-batch training there is no sampling noise "
-                "to estimate the gap from."
-            )
-        if steps and math.ceil(n / b) != steps:
-            warnings.warn(
-                f"PopulationRiskEstimate: dataset_size={n} and batch_size={b} "
-                f"give {math.ceil(n / b)} steps per epoch, but fit() runs "
-                f"{steps}. Check `dataset_size` and `batch_size` (with "
-                "`steps_per_epoch` or a repeated dataset, pass the size of "
-                "the underlying training set).",
-                stacklevel=3,
-            )
-        return n, b
-
     def on_train_begin(self, logs=None):
         optimizers = _require_snr_optimizers(self)
         if len(optimizers) > 1:
@@ -287,7 +285,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                 f"model's optimizer holds {len(optimizers)}."
             )
         self._opt = optimizers[0]
-        self._n, self._b = self._resolve_sizes()
+        self._n, self._b = _resolve_sizes(
+            self.dataset_size, self.batch_size, (self.params or {}).get("steps")
+        )
         k = self._opt.gradient_accumulation_steps or 1
         self._b_eff = self._b * k
         self._alpha = finite_dataset_alpha(self._b, self._n, k)

@@ -404,17 +404,15 @@ class SNRAdam(keras.optimizers.Optimizer):
                 continue
             stats = self._statistics_of(index)
             signal, noise = ops.square(stats.momentum), stats.noise_variance
-            is_open = ops.cast(ops.greater(signal, self.alpha * noise), "float32")
             size = math.prod(m.shape)
-            if self.reduction == "per_tensor":
-                is_open = ops.cast(
-                    ops.greater(ops.sum(signal), self.alpha * ops.sum(noise)), "float32"
-                )
+            if self.reduction == "per_tensor":  # one gate per tensor
+                is_open = ops.greater(ops.sum(signal), self.alpha * ops.sum(noise))
                 q_sum = q_sum + ops.cast(stats.gate, "float32") * size
-                open_sum = open_sum + is_open * size
+                open_sum = open_sum + ops.cast(is_open, "float32") * size
             else:
+                is_open = ops.greater(signal, self.alpha * noise)
                 q_sum = q_sum + ops.sum(ops.cast(stats.gate, "float32"))
-                open_sum = open_sum + ops.sum(is_open)
+                open_sum = open_sum + ops.sum(ops.cast(is_open, "float32"))
             count += size
         return q_sum, open_sum, max(count, 1)
 

@@ -18,13 +18,15 @@ counts updates).
 """
 
 import math
-import numbers
 import warnings
 
 import keras
 from keras import ops
 
 from keras_snr import finite_dataset_alpha
+from keras_snr.callbacks import _host
+from keras_snr.callbacks import _positive_int
+from keras_snr.callbacks import _resolve_sizes
 from keras_snr.statistics import snr_optimizers
 
 ESTIMATORS = ("capped", "first_order", "tic", "gsnr", "eb", "prequential")
@@ -35,23 +37,6 @@ def _require_snr_optimizers(callback):
     if not found:
         raise TypeError("LegacyPopulationRiskEstimate needs an SNRAdam optimizer")
     return found
-
-
-def _host(x):
-    """A Python float from a scalar tensor or keras Variable."""
-    if isinstance(x, keras.Variable):
-        x = x.value
-    return float(ops.convert_to_numpy(x))
-
-
-def _positive_int(name, value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer or None; received {name}={value!r}"
-        )
-    return int(value)
 
 
 class LegacyPopulationRiskEstimate(keras.callbacks.Callback):
@@ -166,42 +151,6 @@ class LegacyPopulationRiskEstimate(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ set-up
 
-    def _resolve_sizes(self):
-        steps = (self.params or {}).get("steps")
-        n, b = self.dataset_size, self.batch_size
-        if b is None:
-            if not steps:
-                raise ValueError(
-                    "PopulationRiskEstimate could not infer the batch size: "
-                    "the number of steps per epoch is unknown. Pass "
-                    "`batch_size=`."
-                )
-            b = math.ceil(n / steps)
-        if n is None:
-            if not steps:
-                raise ValueError(
-                    "PopulationRiskEstimate could not infer the dataset size: "
-                    "the number of steps per epoch is unknown. Pass "
-                    "`dataset_size=`."
-                )
-            n = b * steps
-        if b >= n:
-            raise ValueError(
-                f"The batch size ({b}) must be smaller than the dataset size "
-                f"({n}); with full-batch training there is no sampling noise "
-                "to estimate the gap from."
-            )
-        if steps and math.ceil(n / b) != steps:
-            warnings.warn(
-                f"PopulationRiskEstimate: dataset_size={n} and batch_size={b} "
-                f"give {math.ceil(n / b)} steps per epoch, but fit() runs "
-                f"{steps}. Check `dataset_size` and `batch_size` (with "
-                "`steps_per_epoch` or a repeated dataset, pass the size of "
-                "the underlying training set).",
-                stacklevel=3,
-            )
-        return n, b
-
     def on_train_begin(self, logs=None):
         optimizers = _require_snr_optimizers(self)
         if len(optimizers) > 1:
@@ -210,11 +159,12 @@ class LegacyPopulationRiskEstimate(keras.callbacks.Callback):
                 f"model's optimizer holds {len(optimizers)}."
             )
         self._opt = optimizers[0]
-        self._n, self._b = self._resolve_sizes()
+        self._n, self._b = _resolve_sizes(
+            self.dataset_size, self.batch_size, (self.params or {}).get("steps")
+        )
         k = self._opt.gradient_accumulation_steps or 1
         self._b_eff = self._b * k
         self._alpha = finite_dataset_alpha(self._b, self._n, k)
-        self._training = True
         self._last_iterations = int(_host(self._opt.iterations))
         self._gaps = {name: 0.0 for name in ESTIMATORS}
         self._prev_loss = None
@@ -223,23 +173,6 @@ class LegacyPopulationRiskEstimate(keras.callbacks.Callback):
         self._warned_nan = False
 
     # ------------------------------------------------------------ per epoch
-
-    def on_train_end(self, logs=None):
-        self._training = False
-
-    def on_test_begin(self, logs=None):
-        self._warn_outside_fit("evaluate()")
-
-    def on_predict_begin(self, logs=None):
-        self._warn_outside_fit("predict()")
-
-    def _warn_outside_fit(self, where):
-        if not getattr(self, "_training", False):
-            warnings.warn(
-                f"PopulationRiskEstimate does nothing in {where}: it estimates "
-                "the population risk from a training run. Pass it to `fit()`.",
-                stacklevel=3,
-            )
 
     def _statistics(self, lr_updates, need_tau):
         """Scalars (and the tau accumulators) from the current slots."""

@@ -5,7 +5,6 @@ OUT_raw.json.gz."""
 import gzip
 import json
 import os
-import time
 
 import numpy as np
 
@@ -104,9 +103,9 @@ def summary_rows(cell_runs, names, patience):
 
 
 def summary_table(rows, patience):
-    lines = [f"| candidate | safe cells (worst seed ES ≤ +2 % vs never stopping) | cells meeting targets "
-             f"(Spearman ≥ 0.9 and ES regret ≤ 5 %) | worst ES vs never stopping | mean ES regret vs best "
-             f"| mean Spearman | epochs run | unsafe cells |",
+    lines = ["| candidate | safe cells (worst seed ES ≤ +2 % vs never stopping) | cells meeting targets "
+             "(Spearman ≥ 0.9 and ES regret ≤ 5 %) | worst ES vs never stopping | mean ES regret vs best "
+             "| mean Spearman | epochs run | unsafe cells |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| `{r['name']}` | {r['safe']}/{r['cells']} | {r['targets']}/{r['cells']} | "
