@@ -10,6 +10,10 @@ Every task is a function `task(seed, quick) -> dict` with
 - `train`, `test`: `(x, y)` NumPy arrays; the held-out `test` set is drawn
   from the same distribution as `train` (same label noise) and only ever
   reaches the recorder, never an estimator;
+- `clean_test`: the `test` inputs with clean labels (the digits' own
+  labels, the teacher's noise-free output, the clean image, the Markov
+  chain's most likely next token; the test labels themselves where they
+  are noise-free);
 - `epochs`, `batch`, `lr`, `weight_decay` (None or decoupled decay);
 - `classes` (classification) and, for the INR, `clean` = (inputs, clean
   targets) of the whole image;
@@ -31,9 +35,9 @@ def _digits():
 def noisy_digits(seed, quick):
     """sklearn digits, 30 % of labels replaced by a uniform draw, MLP 256-256."""
     rng = np.random.default_rng(seed)
-    x, y = _digits()
-    flip = rng.random(len(y)) < 0.3
-    y = np.where(flip, rng.integers(0, 10, len(y)), y).astype("int32")
+    x, clean = _digits()
+    flip = rng.random(len(clean)) < 0.3
+    y = np.where(flip, rng.integers(0, 10, len(clean)), clean).astype("int32")
     order = rng.permutation(len(y))
     n = 400 if quick else 600
     tr, te = order[:n], order[n:]
@@ -47,8 +51,8 @@ def noisy_digits(seed, quick):
         ])
 
     return dict(build=build, loss="sparse_ce", classes=10, train=(x[tr], y[tr]),
-                test=(x[te], y[te]), epochs=40, batch=32, lr=1e-3, weight_decay=None,
-                eps=0.1)
+                test=(x[te], y[te]), clean_test=(x[te], clean[te]), epochs=40, batch=32,
+                lr=1e-3, weight_decay=None, eps=0.1)
 
 
 def teacher_student(seed, quick):
@@ -61,9 +65,11 @@ def teacher_student(seed, quick):
     def sample(k):
         x = rng.normal(size=(k, d)).astype("float32")
         f = np.tanh(x @ w1) @ w2
-        return x, (f + 0.3 * rng.normal(size=f.shape)).astype("float32")
+        return x, (f + 0.3 * rng.normal(size=f.shape)).astype("float32"), f.astype("float32")
 
-    train, test = sample(n), sample(n_test)
+    *train, _ = sample(n)
+    x_test, y_test, f_test = sample(n_test)
+    train, test = tuple(train), (x_test, y_test)
 
     def build():
         return keras.Sequential([
@@ -73,8 +79,9 @@ def teacher_student(seed, quick):
             keras.layers.Dense(1),
         ])
 
-    return dict(build=build, loss="mse", train=train, test=test, epochs=60, batch=32,
-                lr=1e-3, weight_decay=None, eps=float(np.std(train[1])) / 10)
+    return dict(build=build, loss="mse", train=train, test=test, clean_test=(x_test, f_test),
+                epochs=60, batch=32, lr=1e-3, weight_decay=None,
+                eps=float(np.std(train[1])) / 10)
 
 
 def modular_addition(seed, quick):
@@ -98,8 +105,8 @@ def modular_addition(seed, quick):
         ])
 
     return dict(build=build, loss="sparse_ce", classes=p, train=(x[tr], y[tr]),
-                test=(x[te], y[te]), epochs=80, batch=32, lr=1e-3, weight_decay=None,
-                eps=0.1)
+                test=(x[te], y[te]), clean_test=(x[te], y[te]), epochs=80, batch=32, lr=1e-3,
+                weight_decay=None, eps=0.1)
 
 
 def noisy_image(seed, quick):
@@ -130,8 +137,10 @@ def noisy_image(seed, quick):
             keras.layers.Dense(1),
         ])
 
+    clean_target = img.reshape(-1, 1).astype("float32")
     return dict(build=build, loss="mse", train=(feats[tr], target[tr]),
-                test=(feats[te], target[te]), epochs=60, batch=32, lr=1e-3,
+                test=(feats[te], target[te]), clean_test=(feats[te], clean_target[te]),
+                epochs=60, batch=32, lr=1e-3,
                 weight_decay=None, eps=float(np.std(target[tr])) / 10,
                 clean=(feats, img.reshape(-1, 1).astype("float32")))
 
@@ -140,10 +149,10 @@ def digits_cnn(seed, quick):
     """sklearn digits as 8x8 images, 25 % of labels replaced by a uniform
     draw; a small CNN (conv 16, conv 32, pool, dense 64)."""
     rng = np.random.default_rng(seed + 1000)
-    x, y = _digits()
+    x, clean = _digits()
     x = x.reshape(-1, 8, 8, 1)
-    flip = rng.random(len(y)) < 0.25
-    y = np.where(flip, rng.integers(0, 10, len(y)), y).astype("int32")
+    flip = rng.random(len(clean)) < 0.25
+    y = np.where(flip, rng.integers(0, 10, len(clean)), clean).astype("int32")
     order = rng.permutation(len(y))
     n = 500 if quick else 800
     tr, te = order[:n], order[n:]
@@ -160,8 +169,8 @@ def digits_cnn(seed, quick):
         ])
 
     return dict(build=build, loss="sparse_ce", classes=10, train=(x[tr], y[tr]),
-                test=(x[te], y[te]), epochs=40, batch=32, lr=1e-3, weight_decay=None,
-                eps=0.1)
+                test=(x[te], y[te]), clean_test=(x[te], clean[te]), epochs=40, batch=32,
+                lr=1e-3, weight_decay=None, eps=0.1)
 
 
 class _PositionEmbedding(keras.layers.Layer):
@@ -194,6 +203,11 @@ def markov_lm(seed, quick):
         return seq[:, :-1], seq[:, 1:]
 
     train, test = sample(n), sample(4000)
+    # clean labels: the most likely next token given the two before (the
+    # first position, with one token of context, keeps its sampled label)
+    likely = trans.argmax(-1)
+    clean = test[1].copy()
+    clean[:, 1:] = likely[test[0][:, :-1], test[0][:, 1:]]
 
     def build():
         width = 32
@@ -209,7 +223,8 @@ def markov_lm(seed, quick):
         return keras.Model(tokens, keras.layers.Dense(vocab)(x))
 
     return dict(build=build, loss="sparse_ce", classes=vocab, train=train, test=test,
-                epochs=60, batch=16, lr=2e-3, weight_decay=None, eps=0.1)
+                clean_test=(test[0], clean), epochs=60, batch=16, lr=2e-3, weight_decay=None,
+                eps=0.1)
 
 
 def grokking(seed, quick):
@@ -233,8 +248,8 @@ def grokking(seed, quick):
         return keras.Model(tokens, keras.layers.Dense(p)(h))
 
     return dict(build=build, loss="sparse_ce", classes=p, train=(x[tr], y[tr]),
-                test=(x[te], y[te]), epochs=150, batch=128, lr=1e-2, weight_decay=1.0,
-                beta_2=0.98, eps=0.1)
+                test=(x[te], y[te]), clean_test=(x[te], y[te]), epochs=150, batch=128, lr=1e-2,
+                weight_decay=1.0, beta_2=0.98, eps=0.1)
 
 
 TASKS = {

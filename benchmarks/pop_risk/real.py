@@ -1,0 +1,127 @@
+"""Real datasets of the population-risk benchmark (a benchmark helper, not
+API): public data that installs offline, with label noise injected into the
+training (and held-out) labels, in the task format of `pop_risk.tasks`.
+
+- `mnist1d_sym30`: MNIST-1D (Greydanus 2020, the `mnist1d` package, which
+  regenerates the public dataset from its templates: 4,000 training and
+  1,000 test signals of length 40, 10 classes), 30 % of labels replaced by
+  a uniform draw, a small 1-D CNN, batch 32, lr 1e-3, 60 epochs;
+- `mnist1d_pair20`: the same data, 20 % of labels flipped to the next
+  class, an MLP 256-256;
+- `breast_cancer_sym20`: the Wisconsin breast-cancer data (scikit-learn,
+  569 examples, 30 features, 2 classes; 400 for training), 20 % of labels
+  replaced by a uniform draw, an MLP 128-128;
+- `diabetes`: scikit-learn's diabetes regression data (442 examples, 10
+  features; 300 for training), its own noise, an MLP 256-256.
+
+The seed draws the label noise and, for the scikit-learn data, the
+train/test split. Held-out labels get the same noise (an independent
+draw); `clean_test` keeps the dataset's own labels.
+"""
+
+import functools
+
+import keras
+import numpy as np
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d():
+    from mnist1d.data import get_dataset_args
+    from mnist1d.data import make_dataset
+
+    d = make_dataset(get_dataset_args())
+    return (d["x"].astype("float32"), d["y"].astype("int32"),
+            d["x_test"].astype("float32"), d["y_test"].astype("int32"))
+
+
+def _noise(rng, y, rate, kind, k):
+    hit = rng.random(len(y)) < rate
+    other = rng.integers(0, k, len(y)) if kind == "symmetric" else (y + 1) % k
+    return np.where(hit, other, y).astype("int32")
+
+
+def _mlp(input_dim, width, out):
+    return lambda: keras.Sequential([
+        keras.Input((input_dim,)),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(out),
+    ])
+
+
+def _mnist1d_task(seed, quick, rate, kind, arch):
+    rng = np.random.default_rng([seed, 41])
+    x, clean, xt, clean_t = _mnist1d()
+    if quick:
+        x, clean = x[:400], clean[:400]
+    y, yt = _noise(rng, clean, rate, kind, 10), _noise(rng, clean_t, rate, kind, 10)
+    if arch == "cnn":
+        x, xt = x[..., None], xt[..., None]
+
+        def build():
+            return keras.Sequential([
+                keras.Input((40, 1)),
+                keras.layers.Conv1D(32, 5, padding="same", activation="relu"),
+                keras.layers.MaxPooling1D(2),
+                keras.layers.Conv1D(64, 5, padding="same", activation="relu"),
+                keras.layers.MaxPooling1D(2),
+                keras.layers.Flatten(),
+                keras.layers.Dense(128, activation="relu"),
+                keras.layers.Dense(10),
+            ])
+    else:
+        build = _mlp(40, 256, 10)
+    return dict(build=build, loss="sparse_ce", classes=10, train=(x, y), test=(xt, yt),
+                clean_test=(xt, clean_t), epochs=5 if quick else 60, batch=32, lr=1e-3,
+                weight_decay=0.01)
+
+
+def mnist1d_sym30(seed, quick):
+    return _mnist1d_task(seed, quick, 0.3, "symmetric", "cnn")
+
+
+def mnist1d_pair20(seed, quick):
+    return _mnist1d_task(seed, quick, 0.2, "pair", "mlp")
+
+
+def _standardise(x, train):
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-8
+    return ((x - mean) / std).astype("float32")
+
+
+def breast_cancer_sym20(seed, quick):
+    from sklearn.datasets import load_breast_cancer
+
+    rng = np.random.default_rng([seed, 42])
+    x, clean = load_breast_cancer(return_X_y=True)
+    order = rng.permutation(len(clean))
+    tr, te = order[:400], order[400:]
+    x = _standardise(x, tr)
+    clean = clean.astype("int32")
+    y = _noise(rng, clean, 0.2, "symmetric", 2)
+    return dict(build=_mlp(30, 128, 2), loss="sparse_ce", classes=2, train=(x[tr], y[tr]),
+                test=(x[te], y[te]), clean_test=(x[te], clean[te]),
+                epochs=5 if quick else 80, batch=16, lr=1e-3, weight_decay=0.01)
+
+
+def diabetes(seed, quick):
+    from sklearn.datasets import load_diabetes
+
+    rng = np.random.default_rng([seed, 43])
+    x, y = load_diabetes(return_X_y=True)
+    order = rng.permutation(len(y))
+    tr, te = order[:300], order[300:]
+    x = _standardise(x, tr)
+    y = ((y - y[tr].mean()) / y[tr].std()).astype("float32")[:, None]
+    return dict(build=_mlp(10, 256, 1), loss="mse", train=(x[tr], y[tr]),
+                test=(x[te], y[te]), clean_test=(x[te], y[te]),
+                epochs=5 if quick else 80, batch=16, lr=1e-3, weight_decay=0.01)
+
+
+REAL = {
+    "mnist1d_sym30": mnist1d_sym30,
+    "mnist1d_pair20": mnist1d_pair20,
+    "breast_cancer_sym20": breast_cancer_sym20,
+    "diabetes": diabetes,
+}

@@ -1,0 +1,165 @@
+"""Stopping without a validation set, judged on a task distribution and real
+data: does early stopping on `keras_snr.PopulationRiskEstimate` with 100 %
+of the training data beat what a user would otherwise do (hold out 20 %,
+or a published validation-free rule)?
+
+Task sets (see `--set`):
+
+- `design`: generated tasks with generator seeds 0-23
+  (`pop_risk/generator.py`) and the seven tasks of the previous benchmark
+  (`pop_risk/tasks.py`). The estimator was designed on these.
+- `heldout`: generated tasks with generator seeds 1000-1023 and the real
+  datasets of `pop_risk/real.py` (MNIST-1D, breast cancer, diabetes). Their
+  first run was made after the estimator, its constants and this scoring
+  were committed (the commit named in README.md).
+
+Per task, seed and dynamics (Adam: `SNRAdam(gate=None)`; the SNR gate:
+`SNRAdam(alpha=finite_dataset_alpha(b, n))`) there are two runs
+(`pop_risk/runs.py`): one on 100 % of the training set, from whose record
+every validation-free rule, the oracle and retrain-on-all are replayed,
+and one on 80 % with the other 20 % held out (the holdout anchor).
+Scoring is in `pop_risk/score.py`.
+
+Usage (JAX, one thread per process; resumable, one JSON per run):
+    python benchmarks/population_risk_benchmark.py --set design --seeds 2 \\
+        --raw /tmp/poprisk3/raw --record-only --shard 0/2   # and 1/2
+    python benchmarks/population_risk_benchmark.py --set heldout --seeds 3 \\
+        --raw /tmp/poprisk3/raw --out benchmarks/results/population_risk
+    python benchmarks/population_risk_benchmark.py --quick --tasks gen:0 \\
+        --raw /tmp/x --out /tmp/x/pr     # toy size, ~30 s
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _common import set_threads  # noqa: E402  (benchmarks/ is on sys.path)
+
+DYNAMICS = {"adam": None, "snr": "snr"}
+SEVEN = ("noisy_digits", "teacher_student", "modular_addition", "noisy_image",
+         "digits_cnn", "markov_lm", "grokking")
+REAL = ("mnist1d_sym30", "mnist1d_pair20", "breast_cancer_sym20", "diabetes")
+SETS = {
+    "design": [f"gen:{i}" for i in range(24)] + [f"seven:{t}" for t in SEVEN],
+    "heldout": [f"gen:{i}" for i in range(1000, 1024)] + [f"real:{t}" for t in REAL],
+}
+
+
+def make_task(name, seed, quick):
+    """The task dict of task `name` (`gen:SEED`, `seven:NAME`, `real:NAME`)."""
+    family, key = name.split(":")
+    if family == "gen":
+        from pop_risk.generator import draw_spec
+        from pop_risk.generator import make_task as make
+
+        return make(draw_spec(int(key)), seed, quick)
+    if family == "seven":
+        from pop_risk.tasks import TASKS
+
+        task = TASKS[key](seed, quick)
+        if quick:
+            task["epochs"] = max(5, task["epochs"] // 5)
+        return task
+    from pop_risk.real import REAL as real
+
+    return real[key](seed, quick)
+
+
+def task_info(name):
+    """JSON-able description of a task (its spec for generated ones)."""
+    family, key = name.split(":")
+    if family == "gen":
+        from pop_risk.generator import draw_spec
+
+        return draw_spec(int(key))
+    return {"family": family, "name": key}
+
+
+def raw_path(raw, kind, task, dyn, seed, quick):
+    tag = "quick__" if quick else ""
+    return os.path.join(raw, f"{tag}{kind}__{task.replace(':', '-')}__{dyn}__{seed}.json")
+
+
+def run_list(tasks, dynamics, seeds):
+    return [(kind, t, d, s) for t in tasks for s in seeds for d in dynamics
+            for kind in ("full", "holdout")]
+
+
+def collect(args):
+    import keras
+    import numpy as np
+
+    from pop_risk import runs as R
+
+    os.makedirs(args.raw, exist_ok=True)
+    todo = run_list(args.tasks, args.dynamics, args.seed_list)
+    i, k = (int(x) for x in args.shard.split("/"))
+    for kind, task, dyn, seed in todo[i::k]:
+        path = raw_path(args.raw, kind, task, dyn, seed, args.quick)
+        if os.path.exists(path):
+            continue
+        t0 = time.time()
+        spec = make_task(task, seed, args.quick)
+        if kind == "full":
+            rec, arrays = R.run_full(spec, DYNAMICS[dyn], seed, arrays=args.arrays)
+            if arrays is not None:
+                np.savez_compressed(path[:-5] + ".npz", **arrays)
+        else:
+            rec = R.run_holdout(spec, DYNAMICS[dyn], seed)
+        rec.update(kind=kind, task=task, dynamics=dyn, seed=seed, quick=args.quick,
+                   info=task_info(task), loss=spec["loss"], weight_decay=spec["weight_decay"],
+                   backend=keras.backend.backend(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
+        with open(path + ".tmp", "w") as f:
+            json.dump(rec, f)
+        os.replace(path + ".tmp", path)
+        print(f"# {kind:7s} {task:26s} {dyn:4s} seed {seed}: {len(rec['epochs'])} epochs, "
+              f"{time.time() - t0:.1f}s", flush=True)
+
+
+def load_runs(raw, tasks, dynamics, seeds, quick):
+    out = {}
+    for kind, t, d, s in run_list(tasks, dynamics, seeds):
+        path = raw_path(raw, kind, t, d, s, quick)
+        if os.path.exists(path):
+            with open(path) as f:
+                out[(kind, t, d, s)] = json.load(f)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=list(SETS), default=None)
+    parser.add_argument("--tasks", nargs="*", default=None, help="task names (overrides --set)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--dynamics", nargs="*", default=list(DYNAMICS), choices=list(DYNAMICS))
+    parser.add_argument("--quick", action="store_true", help="toy size: few examples and epochs")
+    parser.add_argument("--raw", default="/tmp/poprisk3/raw", help="per-run JSON records")
+    parser.add_argument("--arrays", action="store_true",
+                        help="also save per-example predictions and losses (design)")
+    parser.add_argument("--shard", default="0/1", help="i/k: run every k-th run from i")
+    parser.add_argument("--record-only", action="store_true")
+    parser.add_argument("--score-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="prefix of the outputs: OUT.md, OUT.json")
+    args = parser.parse_args()
+    if args.tasks is None:
+        args.tasks = SETS[args.set or "design"]
+    args.seed_list = list(range(1 if args.quick else args.seeds))
+    set_threads(args.threads)
+    if not args.score_only:
+        collect(args)
+    if args.record_only:
+        return
+    from pop_risk import score
+
+    runs = load_runs(args.raw, args.tasks, args.dynamics, args.seed_list, args.quick)
+    score.report(runs, args, command=" ".join(["python", *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()
