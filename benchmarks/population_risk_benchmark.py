@@ -13,6 +13,27 @@ Task sets (see `--set`):
   first run was made after the estimator, its constants and this scoring
   were committed (the commit named in README.md).
 
+Pre-registered before the first held-out run (this file, pop_risk/score.py
+and keras_snr/callbacks.py as committed):
+
+- the recipe: `keras_snr.PopulationRiskEstimate(dataset_size=n,
+  batch_size=b, x_train=x_train)` with its defaults (`sample_size=2048`,
+  `label_wave_window=5`, `reliability_threshold=0.05`), followed by
+  `keras_snr.ValidationFreeStopping()` (patience 10, restore best weights),
+  replayed from the library's own logs (`pop_risk`, `pop_risk_ready`);
+- held-out runs: seeds 0-2, both dynamics, every held-out task;
+- anchors: 20 % holdout with EarlyStopping(patience 10) on val_accuracy
+  (classification) and on val_loss; retrain on all data for the holdout's
+  epoch count; Label Wave (window 3, training-set prediction changes);
+  EB criterion; the old `capped` estimate with EarlyStopping(patience 20);
+  never stopping; the oracle;
+- targets (issue 16): on label-noise classification cells the recipe's
+  mean clean accuracy is at least the holdout's (val_accuracy) on >= 80 %
+  of cells and on average, and at least Label Wave's on average; on every
+  cell and seed it is never more than 2 % (relative) worse than training
+  to the end; Spearman(pop_risk_estimate, held-out loss) >= 0.9 on >= 70 %
+  of cells, with the mean absolute relative error reported.
+
 Per task, seed and dynamics (Adam: `SNRAdam(gate=None)`; the SNR gate:
 `SNRAdam(alpha=finite_dataset_alpha(b, n))`) there are two runs
 (`pop_risk/runs.py`): one on 100 % of the training set, from whose record
@@ -25,6 +46,9 @@ Usage (JAX, one thread per process; resumable, one JSON per run):
         --raw /tmp/poprisk3/raw --record-only --shard 0/2   # and 1/2
     python benchmarks/population_risk_benchmark.py --set heldout --seeds 3 \\
         --raw /tmp/poprisk3/raw --out benchmarks/results/population_risk
+    # the committed runs: benchmarks/results/population_risk_{design,heldout}_runs.json.gz
+    python benchmarks/population_risk_benchmark.py --set heldout --seeds 3 --score-only \\
+        --raw benchmarks/results/population_risk_heldout_runs.json.gz --out /tmp/pr
     python benchmarks/population_risk_benchmark.py --quick --tasks gen:0 \\
         --raw /tmp/x --out /tmp/x/pr     # toy size, ~30 s
 """
@@ -122,7 +146,20 @@ def collect(args):
 
 
 def load_runs(raw, tasks, dynamics, seeds, quick):
+    """The recorded runs, from the per-run JSON files under `raw` or from a
+    bundle of them (`raw` ending in .json.gz, written by --bundle)."""
     out = {}
+    if raw.endswith(".json.gz"):
+        import gzip
+
+        with gzip.open(raw, "rt") as f:
+            bundle = json.load(f)
+        wanted = set(run_list(tasks, dynamics, seeds))
+        for key, rec in bundle.items():
+            kind, t, d, s = key.split("|")
+            if (kind, t, d, int(s)) in wanted:
+                out[(kind, t, d, int(s))] = rec
+        return out
     for kind, t, d, s in run_list(tasks, dynamics, seeds):
         path = raw_path(raw, kind, t, d, s, quick)
         if os.path.exists(path):
@@ -146,6 +183,8 @@ def main():
     parser.add_argument("--score-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="prefix of the outputs: OUT.md, OUT.json")
+    parser.add_argument("--bundle", help="also write the loaded runs to this .json.gz "
+                        "(score it again with --raw BUNDLE --score-only)")
     args = parser.parse_args()
     if args.tasks is None:
         args.tasks = SETS[args.set or "design"]
@@ -158,6 +197,11 @@ def main():
     from pop_risk import score
 
     runs = load_runs(args.raw, args.tasks, args.dynamics, args.seed_list, args.quick)
+    if args.bundle:
+        import gzip
+
+        with gzip.open(args.bundle, "wt") as f:
+            json.dump({"|".join(map(str, key)): rec for key, rec in runs.items()}, f)
     score.report(runs, args, command=" ".join(["python", *sys.argv]))
 
 

@@ -5,6 +5,7 @@ import keras
 from keras_snr import gate
 from keras_snr.callbacks import GateLogger
 from keras_snr.callbacks import PopulationRiskEstimate
+from keras_snr.callbacks import ValidationFreeStopping
 from keras_snr.snr_adam import SLOT_LAYOUT_VERSION
 from keras_snr.snr_adam import SNRAdam
 from keras_snr.snr_adam import SNRStatistics
@@ -19,6 +20,7 @@ __all__ = [
     "gate",
     "GateLogger",
     "PopulationRiskEstimate",
+    "ValidationFreeStopping",
     "SLOT_LAYOUT_VERSION",
 ]
 

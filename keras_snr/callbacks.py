@@ -140,69 +140,68 @@ def _resolve_sizes(dataset_size, batch_size, steps):
 
 _TINY = 1e-30
 _STATE_FILE = "pop_risk_state.json"
-_FIRST_GRADIENT_FILE = "pop_risk_first_gradient.npz"
+_CLASSES_FILE = "pop_risk_classes.npy"
+
+
+def _first_leaf(x):
+    return keras.tree.flatten(x)[0]
 
 
 class PopulationRiskEstimate(keras.callbacks.Callback):
-    """Estimate the population (held-out) loss each epoch from training alone.
+    """Estimate the population (held-out) loss each epoch from training alone,
+    and say when early stopping on it may begin.
 
     At every epoch end this writes to the logs (History, progress bar,
     CSVLogger, `EarlyStopping`, `ModelCheckpoint`; list it before them):
 
-    - `pop_risk`: what to monitor. While the estimate is reliable it is
-      `pop_risk_estimate`; once it is not, it is a value just below (by
-      1e-6 relative) every `pop_risk` logged before, so that
-      `EarlyStopping(monitor="pop_risk", mode="min", patience=20,
-      restore_best_weights=True)` never stops on a guess and keeps the
-      latest weights (it then behaves as if not stopping; keep
-      `min_delta=0`).
-    - `pop_risk_estimate`: the estimate itself, `loss + gap`.
-    - `pop_risk_reliable`: 1.0 while the estimate is trusted, else 0.0.
+    - `pop_risk_estimate`: an estimate of the loss on unseen data drawn
+      like the training data (labels noisy in the same way), `loss + G`.
+    - `pop_risk`: what to monitor. `pop_risk_estimate` while it is trusted
+      (`pop_risk_reliable` = 1); after that a value just below every
+      `pop_risk` logged before (1e-6 relative), so that an `EarlyStopping`
+      watching it neither stops nor restores an older epoch on a guess.
+    - `pop_risk_reliable`: 1.0 until the training loss falls below
+      `reliability_threshold` times the first epoch's, then 0.0 for the rest
+      of the run (the estimate was measured to go wrong there); a warning
+      says so once.
+    - `prediction_changes` (with `x_train`, for classifiers): the fraction
+      of the sampled training examples (label entries, for sequences) whose
+      predicted class changed since the previous epoch (NaN at epoch 1).
+    - `pop_risk_ready`: 1.0 once early stopping may begin. For a classifier
+      with `x_train`, from the epoch after the first local minimum of
+      `prediction_changes` smoothed by a trailing moving average of
+      `label_wave_window` epochs (Label Wave: Yuan, Feng & Liu, ICLR 2024);
+      without `x_train` or for a single-output model, from epoch 1.
     - `signal_fraction`: fraction of coordinates with `m_hat**2 > alpha *
       s_hat`; `gradient_snr`: `sum(m_hat**2) / sum(alpha * s_hat)`.
 
-    Here `alpha = keras_snr.finite_dataset_alpha(b, n)` (`b` the examples
-    behind one update, `n` the training-set size), so `alpha * s_hat`
-    estimates the variance of the full-dataset gradient's sampling error.
+    The recommended recipe is this callback followed by
+    `keras_snr.ValidationFreeStopping()`: an `EarlyStopping` on `pop_risk`
+    (patience 10, restoring the best weights) that counts epochs only once
+    `pop_risk_ready` is 1. For a classifier it thus aims at clean accuracy
+    (the held-out loss bottoms out before the accuracy peaks under label
+    noise; Label Wave holds stopping back until memorisation begins); for
+    regression it aims at the held-out loss.
 
-    The estimate was chosen by measurement in
-    `benchmarks/population_risk_validation.py` (where it is called
-    `min_dec_cal+rel`); it is this project's heuristic, not the paper's
-    formula, which is not public. After epoch 1 it is the epoch-1 mean
-    training loss `L_1`: Keras computes each batch's loss before the update
-    on it and every batch is new, so `L_1` is an unbiased estimate of the
-    population risk averaged over the epoch. Later, `gap = min(G_dec,
-    G_cal)`, two accounts of the optimism the training loss has gained,
-    both shrunk each epoch by the decoupled weight decay, `D =
-    exp(-lr * weight_decay * updates)`:
-
-    - `G_dec <- D * (G_dec + lr * updates * A)` (with `A` of the previous
-      epoch), `A = sum q P alpha s_hat min(1, |g| / sqrt(alpha s_hat))`;
-    - `G_cal <- D * G_cal + max(L_prev - L, 0) * B / C`, with `B = sum q P
-      alpha s_hat min(1, |g| / |g_1|)` and `C = sum q P g**2`: the epoch's
-      drop of the training loss, times the share of it that is noise
-      (`B / C`, taken as 1 where no full-batch gradient is left, `C = 0`);
-
-    with `P = 1 / (sqrt(v_hat) + epsilon)`, `q` the gate, `g**2 =
-    max(m_hat**2 - c s_hat, 0)` (`c = (1 - beta_1) / (1 + beta_1)`) the
-    squared full-batch gradient and `g_1` its value after epoch 1 (kept by
-    the callback: one float32 tensor per variable).
-
-    Reliability: the estimate is trusted until the first epoch whose
-    training loss falls below `reliability_threshold * L_1` (then for the
-    rest of the run): near-zero training loss with nothing measurable left
-    to estimate the gap from is where it was measured to go wrong. What the
-    benchmark measured, per task, is in README.md: early stopping with
-    `patience=20` ended within 2 % of not stopping on every task and seed
-    there, and the estimate tracked the held-out loss (Spearman >= 0.9) in 3
-    of 14 task/dynamics cells (a noisy-label MLP, a small language model and
-    grokking, all under Adam dynamics). It cannot see a gap that comes from which
-    inputs were sampled rather than from noisy labels (e.g. noise-free
-    modular arithmetic): there it never stops early.
+    The gap `G` (this project's heuristic, chosen by measurement in
+    `benchmarks/population_risk_benchmark.py`; the paper's formula is not
+    public) accumulates each epoch's first-order optimism, capped per
+    coordinate, and shrinks with the decoupled weight decay:
+    `G <- exp(-lr * weight_decay * updates) * G + lr * updates * A`, with
+    `A = sum q P alpha s_hat min(1, sqrt(g**2 / (alpha s_hat)))` read from
+    the optimizer after the epoch: `P = 1 / (sqrt(v_hat) + epsilon)`, `q`
+    the gate, `g**2 = max(m_hat**2 - c s_hat, 0)` (`c = (1 - beta_1) / (1 +
+    beta_1)`) the squared full-batch gradient. Here `alpha =
+    keras_snr.finite_dataset_alpha(b, n)` (`b` the examples behind one
+    update, `n` the training-set size), so `alpha * s_hat` estimates the
+    variance of the full-dataset gradient's sampling error. What it
+    measured, against the 20 % holdout and Label Wave, is in README.md.
 
     Reading the optimizer is one compiled reduction per epoch (JAX, TF; on
-    torch per-variable eager ops); the train step is untouched. To watch a
-    plain Adam run, train with `keras_snr.SNRAdam(gate=None)`.
+    torch per-variable eager ops), and with `x_train` one forward pass over
+    at most `sample_size` training examples (`model.predict_on_batch`); the
+    train step is untouched. To watch a plain Adam run, train with
+    `keras_snr.SNRAdam(gate=None)`.
 
     Args:
         dataset_size: Number of training examples `n`. If omitted, inferred
@@ -211,14 +210,23 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         batch_size: Global batch size given to `fit()` (summed over
             replicas). If omitted, inferred as `ceil(dataset_size /
             steps_per_epoch)`. One of the two is required.
+        x_train: Training inputs (all of them or a random subset; an array
+            or a structure of arrays as the model takes them) on which to
+            count prediction changes. Recommended for classifiers.
+        sample_size: At most this many examples of `x_train` are used (a
+            random subset drawn with `seed`). Defaults to 2048.
+        label_wave_window: Epochs of the moving average of
+            `prediction_changes`. Defaults to 5.
         reliability_threshold: In `(0, 1)`. Defaults to `0.05`.
+        prediction_batch_size: Examples per `predict_on_batch` call.
+        seed: Seed of the `x_train` subsample.
         backup_dir: Directory to save the callback's state in at every epoch
             end and restore it from when training resumes with
             `keras.callbacks.BackupAndRestore` in a new process (use the
             same directory). Without it, a resumed run restarts the
             estimate, warns, and marks it unreliable.
-        diagnostics: Also log `pop_risk_gap_decayed` and
-            `pop_risk_gap_calibrated`.
+        diagnostics: Also log `pop_risk_gap` and
+            `prediction_changes_smoothed`.
         monitor_loss: Key of the training loss in `logs`. Defaults to
             `"loss"`. The loss must be non-negative.
     """
@@ -227,7 +235,12 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         self,
         dataset_size=None,
         batch_size=None,
+        x_train=None,
+        sample_size=2048,
+        label_wave_window=5,
         reliability_threshold=0.05,
+        prediction_batch_size=1024,
+        seed=0,
         backup_dir=None,
         diagnostics=False,
         monitor_loss="loss",
@@ -260,6 +273,11 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                 "`reliability_threshold` must be in (0, 1); received "
                 f"reliability_threshold={reliability_threshold!r}"
             )
+        for name, value in (("sample_size", sample_size),
+                            ("label_wave_window", label_wave_window),
+                            ("prediction_batch_size", prediction_batch_size)):
+            if _positive_int(name, value) is None:
+                raise ValueError(f"`{name}` must be a positive integer; received {name}=None")
         if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
             raise ValueError(
                 f"`backup_dir` must be a path or None; received backup_dir={backup_dir!r}"
@@ -268,11 +286,31 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             raise ValueError(
                 f"`monitor_loss` must be a string; received monitor_loss={monitor_loss!r}"
             )
+        self.x_train = None
+        if x_train is not None:
+            import numpy as np
+
+            leaves = keras.tree.flatten(x_train)
+            lengths = {int(np.shape(leaf)[0]) if np.ndim(leaf) else 0 for leaf in leaves}
+            if len(lengths) != 1 or 0 in lengths:
+                raise ValueError(
+                    "`x_train` must be an array (or a structure of arrays) of "
+                    "training inputs with the examples along the first axis, "
+                    f"all of the same length; received lengths {sorted(lengths)}."
+                )
+            (length,) = lengths
+            keep = np.sort(np.random.default_rng(seed).permutation(length)[:sample_size])
+            self.x_train = keras.tree.map_structure(lambda a: np.asarray(a)[keep], x_train)
+        self.sample_size = int(sample_size)
+        self.label_wave_window = int(label_wave_window)
         self.reliability_threshold = float(reliability_threshold)
+        self.prediction_batch_size = int(prediction_batch_size)
+        self.seed = seed
         self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
         self.diagnostics = bool(diagnostics)
         self.monitor_loss = monitor_loss
         self._state = None  # the estimate's state, kept across fit() calls
+        self._classes = None  # predicted classes on the sample at the last epoch end
         self._training = False
 
     # ------------------------------------------------------------ set-up
@@ -293,7 +331,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         self._alpha = finite_dataset_alpha(self._b, self._n, k)
         self._training = True
         self._started = False
-        self._reduce = self._first_gradient_fn = None
+        self._reduce = None
 
     def on_train_end(self, logs=None):
         self._training = False
@@ -328,6 +366,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             self._state = restored
             return
         self._state = _fresh_state(iterations)
+        self._classes = None
         if iterations > 0:
             self._state["reliable"] = False
             self._state["restarted"] = True
@@ -335,44 +374,32 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                 f"PopulationRiskEstimate: the optimizer has already made "
                 f"{iterations} updates and no saved estimate matches them "
                 "(pass `backup_dir=` to resume one with BackupAndRestore). "
-                "The estimate restarts here without its epoch-1 anchor; "
+                "The estimate restarts here without its first epoch; "
                 "`pop_risk_reliable` is 0 for the rest of the run.",
                 stacklevel=3,
             )
 
     # ------------------------------------------------------------ per epoch
 
-    def _build_readers(self):
+    def _build_reader(self):
         opt, alpha = self._opt, self._alpha
         c = (1.0 - opt.beta_1) / (1.0 + opt.beta_1)
         eps = opt.epsilon
 
-        def trained():
+        def reduce():
             stats = opt.statistics()
-            return [
-                tuple(ops.cast(x, "float32") for x in row)
-                for row in zip(stats.momentum, stats.velocity, stats.noise_variance, stats.gate)
-                if row[0] is not None
-            ]
-
-        def first_gradient():
-            # g**2 = max(m_hat**2 - c s_hat, 0): the squared full-batch gradient
-            return [ops.relu(ops.square(m) - c * s) for m, _, s, _ in trained()]
-
-        def reduce(g1_squared):
-            sums = [0.0] * 7
-            for (m, v, s, q), g1 in zip(trained(), g1_squared):
+            sums = [0.0] * 5
+            for m, v, s, q in zip(stats.momentum, stats.velocity, stats.noise_variance,
+                                  stats.gate):
+                if m is None:
+                    continue
+                m, v, s, q = (ops.cast(x, "float32") for x in (m, v, s, q))
                 noise = alpha * s
                 m2 = ops.square(m)
                 g2 = ops.relu(m2 - c * s)
-                q_p = q / (ops.sqrt(v) + eps)
-                q_p_noise = q_p * noise
                 capped = ops.minimum(1.0, ops.sqrt(g2 / (noise + _TINY)))
-                decayed = ops.where(g1 > 0, ops.minimum(1.0, ops.sqrt(g2 / (g1 + _TINY))), 1.0)
                 terms = (
-                    q_p_noise * capped,  # A
-                    q_p_noise * decayed,  # B
-                    q_p * g2,  # C
+                    q / (ops.sqrt(v) + eps) * noise * capped,  # A
                     m2,
                     noise,
                     ops.cast(ops.greater(m2, noise), "float32"),
@@ -381,8 +408,31 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                 sums = [total + ops.sum(term) for total, term in zip(sums, terms)]
             return ops.stack([ops.cast(x, "float32") for x in sums])
 
-        self._first_gradient_fn = compile_reader(first_gradient, [opt])
         self._reduce = compile_reader(reduce, [opt])
+
+    def _predicted_classes(self):
+        """Predicted classes on the `x_train` sample, or None where there
+        are none (no `x_train`, or one output unit)."""
+        import numpy as np
+
+        if self.x_train is None:
+            return None
+        length = len(_first_leaf(self.x_train))
+        step = self.prediction_batch_size
+        chunks = []
+        for start in range(0, length, step):
+            batch = keras.tree.map_structure(lambda a: a[start:start + step], self.x_train)
+            pred = self.model.predict_on_batch(batch)
+            if not hasattr(pred, "shape"):
+                raise ValueError(
+                    "PopulationRiskEstimate(x_train=...) needs a model with one "
+                    f"output tensor; this model returns {type(pred).__name__}."
+                )
+            chunks.append(np.asarray(ops.convert_to_numpy(pred)))
+        pred = np.concatenate(chunks)
+        if pred.ndim < 2 or pred.shape[-1] < 2:
+            return None
+        return pred.argmax(-1)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -398,7 +448,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             self._started = True
             self._start_or_resume()
         if self._reduce is None:
-            self._build_readers()
+            self._build_reader()
         st = self._state
         opt = self._opt
         loss = float(loss)
@@ -407,26 +457,28 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         st["iterations"] = iterations
         lr = _host(opt.learning_rate)
         weight_decay = float(opt.weight_decay or 0.0)
-
         if st["first_loss"] is None:
-            self._start_anchor(loss, updates)
-        sums = ops.convert_to_numpy(self._reduce(self._first_gradient)).astype("float64")
-        rate_a, noise_b, signal_c, m2, noise, signal, count = (float(x) for x in sums)
+            self._first_epoch(loss, updates)
 
-        decay = math.exp(-lr * weight_decay * updates)
-        drop = 0.0 if st["prev_loss"] is None else max(st["prev_loss"] - loss, 0.0)
-        st["gap_decayed"] = decay * (st["gap_decayed"] + st["pending"])
-        # B / C: the share of the drop that is noise; with no full-batch
-        # gradient left (C = 0) all of it is.
-        share = noise_b / signal_c if signal_c > 0 else 1.0
-        st["gap_calibrated"] = decay * st["gap_calibrated"] + drop * share
-        st["pending"] = lr * updates * rate_a
-        st["prev_loss"] = loss
-        estimate = loss + min(st["gap_decayed"], st["gap_calibrated"])
-        st["reliable"] = bool(
-            st["reliable"] and loss >= self.reliability_threshold * st["first_loss"]
-        )
-        if not (math.isfinite(estimate) and all(map(math.isfinite, (rate_a, noise_b, signal_c)))):
+        sums = ops.convert_to_numpy(self._reduce()).astype("float64")
+        rate, m2, noise, signal, count = (float(x) for x in sums)
+        st["gap"] = math.exp(-lr * weight_decay * updates) * st["gap"] + lr * updates * rate
+        estimate = loss + st["gap"]
+        if st["reliable"] and loss < self.reliability_threshold * st["first_loss"]:
+            st["reliable"] = False
+            warnings.warn(
+                f"PopulationRiskEstimate: at epoch {epoch + 1} the training loss "
+                f"({loss:.4g}) fell below {self.reliability_threshold:g} times "
+                f"the first epoch's ({st['first_loss']:.4g}); the estimate is no "
+                "longer trusted (`pop_risk_reliable` = 0 from now on) and "
+                "`pop_risk` is held just below its best, so that early stopping "
+                "on it keeps the latest weights. To choose an epoch from here, "
+                "hold out validation data (e.g. `validation_split=0.2` with "
+                "`EarlyStopping(monitor='val_loss')`).",
+                stacklevel=2,
+            )
+        changes = self._prediction_changes()
+        if not (math.isfinite(estimate) and math.isfinite(rate)):
             if not st["warned_nan"]:
                 warnings.warn(
                     f"PopulationRiskEstimate: non-finite training loss ({loss}) "
@@ -435,7 +487,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                     stacklevel=2,
                 )
                 st["warned_nan"] = True
-            st["gap_decayed"] = st["gap_calibrated"] = float("nan")
+            st["gap"] = float("nan")
             value = estimate = float("nan")
         elif st["reliable"] or not math.isfinite(st["best"]):
             value = estimate
@@ -448,16 +500,51 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         logs["pop_risk"] = float(value)
         logs["pop_risk_estimate"] = float(estimate)
         logs["pop_risk_reliable"] = float(st["reliable"])
+        logs["pop_risk_ready"] = float(st["ready"])
+        if self._tracks_changes:
+            logs["prediction_changes"] = changes
         logs["signal_fraction"] = signal / max(count, 1.0)
         logs["gradient_snr"] = m2 / (noise + _TINY)
         if self.diagnostics:
-            logs["pop_risk_gap_decayed"] = float(st["gap_decayed"])
-            logs["pop_risk_gap_calibrated"] = float(st["gap_calibrated"])
+            logs["pop_risk_gap"] = float(st["gap"])
+            if self._tracks_changes:
+                logs["prediction_changes_smoothed"] = self._smoothed(len(st["changes"]) - 1)
         self._save_backup()
 
-    def _start_anchor(self, loss, updates):
-        """Epoch 1 of the run: its mean training loss is the anchor, and the
-        full-batch gradient now is `g_1`."""
+    def _prediction_changes(self):
+        """Count this epoch's prediction changes on the sample and apply
+        the Label Wave rule to `pop_risk_ready`. Returns the fraction
+        changed (NaN when there is no previous epoch to compare with)."""
+        import numpy as np
+
+        st = self._state
+        classes = self._predicted_classes()
+        self._tracks_changes = classes is not None
+        if classes is None:
+            st["ready"] = True
+            return float("nan")
+        previous, self._classes = self._classes, classes
+        if previous is None or previous.shape != classes.shape:
+            st["changes"].append(None)
+            return float("nan")
+        changes = float(np.mean(classes != previous))
+        st["changes"].append(changes)
+        last = len(st["changes"]) - 1
+        before, now = self._smoothed(last - 1), self._smoothed(last)
+        if not st["ready"] and math.isfinite(before) and now > before:
+            st["ready"] = True  # the previous epoch was the first local minimum
+        return changes
+
+    def _smoothed(self, index):
+        """Trailing moving average of `label_wave_window` prediction
+        changes ending at `index` (NaN until that many are known)."""
+        window = self.label_wave_window
+        values = self._state["changes"][max(index - window + 1, 0):index + 1]
+        if index < 0 or len(values) < window or any(v is None for v in values):
+            return float("nan")
+        return sum(values) / window
+
+    def _first_epoch(self, loss, updates):
         st = self._state
         st["first_loss"] = loss
         if not loss > 0:
@@ -472,28 +559,39 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             warnings.warn(
                 f"PopulationRiskEstimate: the first epoch made {updates} "
                 f"updates of {self._b_eff} examples, more than one pass over "
-                f"the {self._n} training examples, so its mean loss is not a "
-                "first-pass (prequential) estimate: the anchor is biased low.",
+                f"the {self._n} training examples; check `dataset_size`.",
                 stacklevel=3,
             )
-        self._first_gradient = self._first_gradient_fn()
-        self._first_gradient_unsaved = True
+        if self.x_train is None:
+            outputs = getattr(self.model, "outputs", None) or []
+            shape = getattr(outputs[0], "shape", None) if len(outputs) == 1 else None
+            if shape is not None and len(shape) >= 2 and (shape[-1] or 0) > 1:
+                warnings.warn(
+                    "PopulationRiskEstimate: the model has several outputs per "
+                    "example (a classifier?) but no `x_train` was given, so "
+                    "prediction changes are not counted and early stopping "
+                    "may begin at epoch 1 (`pop_risk_ready` = 1), on the loss "
+                    "estimate alone; under label noise that stops before the "
+                    "accuracy peaks. Pass `x_train=` (training inputs) to "
+                    "hold stopping back until memorisation begins.",
+                    stacklevel=3,
+                )
 
     # ------------------------------------------------------------ backup
 
     def _save_backup(self):
-        """The scalars every epoch; `g_1` once, when it is computed."""
         if self.backup_dir is None:
             return
-        os.makedirs(self.backup_dir, exist_ok=True)
-        if self._first_gradient_unsaved:
-            import numpy as np
+        import numpy as np
 
-            path = os.path.join(self.backup_dir, _FIRST_GRADIENT_FILE)
-            values = [ops.convert_to_numpy(x) for x in self._first_gradient]
-            np.savez(path + ".tmp.npz", *values)
-            os.replace(path + ".tmp.npz", path)
-            self._first_gradient_unsaved = False
+        os.makedirs(self.backup_dir, exist_ok=True)
+        path = os.path.join(self.backup_dir, _CLASSES_FILE)
+        if self._classes is not None:
+            with open(path + ".tmp", "wb") as f:
+                np.save(f, self._classes)
+            os.replace(path + ".tmp", path)
+        elif os.path.exists(path):
+            os.remove(path)
         path = os.path.join(self.backup_dir, _STATE_FILE)
         with open(path + ".tmp", "w") as f:
             json.dump(self._state, f)
@@ -504,8 +602,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         if self.backup_dir is None:
             return None
         path = os.path.join(self.backup_dir, _STATE_FILE)
-        arrays = os.path.join(self.backup_dir, _FIRST_GRADIENT_FILE)
-        if not (os.path.exists(path) and os.path.exists(arrays)):
+        if not os.path.exists(path):
             return None
         with open(path) as f:
             state = json.load(f)
@@ -513,11 +610,8 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             return None
         import numpy as np
 
-        with np.load(arrays) as data:
-            self._first_gradient = [
-                ops.convert_to_tensor(data[f"arr_{i}"]) for i in range(len(data.files))
-            ]
-        self._first_gradient_unsaved = False
+        classes = os.path.join(self.backup_dir, _CLASSES_FILE)
+        self._classes = np.load(classes) if os.path.exists(classes) else None
         return state
 
 
@@ -525,12 +619,52 @@ def _fresh_state(iterations):
     return {
         "iterations": iterations,
         "first_loss": None,
-        "prev_loss": None,
-        "gap_decayed": 0.0,
-        "gap_calibrated": 0.0,
-        "pending": 0.0,
+        "gap": 0.0,
         "reliable": True,
+        "ready": False,
+        "changes": [],
         "best": math.inf,
         "warned_nan": False,
         "restarted": False,
     }
+
+
+class ValidationFreeStopping(keras.callbacks.EarlyStopping):
+    """Early stopping without a validation set: the recommended recipe with
+    `keras_snr.PopulationRiskEstimate`.
+
+    A `keras.callbacks.EarlyStopping(monitor="pop_risk", mode="min",
+    patience=patience, restore_best_weights=restore_best_weights)` that
+    counts an epoch only once `pop_risk_ready` is 1 in the logs: for a
+    classifier whose `PopulationRiskEstimate` has `x_train`, from the epoch
+    after the first local minimum of the smoothed prediction changes (Label
+    Wave); otherwise from epoch 1. It then keeps the weights of the epoch
+    with the lowest `pop_risk` among those it counted (Keras restores them
+    at the end of training, stopped or not). List it after the
+    `PopulationRiskEstimate` in `callbacks=`.
+
+    Args:
+        patience: Epochs without a lower `pop_risk` before stopping.
+            Defaults to 10 (the value the benchmark used).
+        restore_best_weights: As in `EarlyStopping`. Defaults to True.
+        verbose: As in `EarlyStopping`.
+    """
+
+    def __init__(self, patience=10, restore_best_weights=True, verbose=0):
+        if _positive_int("patience", patience) is None:
+            raise ValueError("`patience` must be a positive integer; received patience=None")
+        super().__init__(monitor="pop_risk", mode="min", min_delta=0, patience=patience,
+                         restore_best_weights=restore_best_weights, verbose=verbose)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "pop_risk_ready" not in logs:
+            raise ValueError(
+                "ValidationFreeStopping reads `pop_risk` and `pop_risk_ready`, "
+                "which keras_snr.PopulationRiskEstimate writes; list a "
+                "PopulationRiskEstimate before it in `callbacks=`. Logs hold: "
+                f"{sorted(logs)}."
+            )
+        if logs["pop_risk_ready"] < 0.5:
+            return
+        super().on_epoch_end(epoch, logs)

@@ -179,9 +179,12 @@ class Recorder(keras.callbacks.Callback):
 
 
 def library_callbacks(task, train):
-    """The estimating callbacks of every full-data run (the library's)."""
+    """The estimating callback of every full-data run: the library's, as a
+    user would set it up (`x_train` the training inputs; default sample
+    size, window and threshold)."""
     n, b = len(train[0]), task["batch"]
-    return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=b, diagnostics=True)]
+    return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=b, x_train=train[0],
+                                             diagnostics=True)]
 
 
 def _fit(task, gate, seed, train, val, callbacks, arrays, epochs):

@@ -69,36 +69,91 @@ def label_noise_classification(rec):
 
 
 # ------------------------------------------------------------------ rules
+#
+# The library's recipe: keras_snr.PopulationRiskEstimate followed by
+# keras_snr.ValidationFreeStopping(patience=10): Keras EarlyStopping on
+# `pop_risk` (restore_best_weights) counting only epochs whose
+# `pop_risk_ready` is 1. Replayed from the logs the library wrote during the
+# run; `replica` recomputes it offline from the recorder's optimizer sums
+# and the full training set's prediction changes (the design runs were
+# recorded before the library had it).
 
-LIBRARY_MONITOR = "pop_risk"
-LIBRARY_PATIENCE = 20
+RECIPE_PATIENCE = 10
+RELIABILITY = 0.05  # PopulationRiskEstimate(reliability_threshold=0.05)
+RECIPE_WINDOW = 5  # PopulationRiskEstimate(label_wave_window=5)
+LABEL_WAVE_WINDOW = 3  # the Label Wave anchor
+LEGACY_PATIENCE = 20  # the recipe the old `capped` default shipped with
+
+
+def gated(estimate, reliable):
+    """`pop_risk` from `pop_risk_estimate` and the reliability flags: the
+    estimate while reliable, else just below every value before."""
+    out, best = [], math.inf
+    for x, ok in zip(estimate, reliable):
+        if not ok and math.isfinite(best):
+            x = best - max(1e-6 * abs(best), 1e-12)
+        out.append(float(x))
+        best = min(best, x)
+    return out
+
+
+def replica_series(run):
+    """Offline float64 replica of the library's logs: (pop_risk_estimate,
+    pop_risk, pop_risk_ready) per epoch."""
+    decay = np.exp(-run.lu * run.weight_decay)
+    gap, est = 0.0, []
+    for i in range(run.E):
+        gap = decay[i] * gap + run.lu[i] * run.sums["capped_rate"][i]
+        est.append(run.L[i] + gap)
+    reliable = np.logical_and.accumulate(run.L >= RELIABILITY * run.L[0])
+    ready = np.ones(run.E, bool)
+    if run.classification:
+        detected = RL.label_wave(run.flips, RECIPE_WINDOW)
+        ready[:] = False
+        if detected[1] <= run.E and detected[0] < run.E - 1:
+            ready[detected[0] + 1:] = True
+    return np.array(est), gated(est, reliable), ready
+
+
+def recipe_epoch(pop_risk, ready, patience=RECIPE_PATIENCE):
+    values = [float(v) if ok and np.isfinite(v) else None for v, ok in zip(pop_risk, ready)]
+    return RL.keras_early_stopping(values, patience)[0]
+
+
+def legacy_capped(run):
+    """The `capped` estimate keras_snr shipped before issue 12 (undecayed
+    first-order account, capped per coordinate)."""
+    return run.L + np.cumsum(run.lu * run.sums["capped_rate"])
 
 
 def rule_epochs(run, holdout=None):
-    """`{rule: (kept epoch in the full run or None, source)}`; holdout rules
-    keep an epoch of the holdout run (source "holdout")."""
+    """`{rule: (kept epoch, source)}`: a 0-based epoch of the full run
+    (source "full") or of the holdout run ("holdout")."""
     out = {"never": (run.E - 1, "full")}
     if run.classification:
         out["oracle"] = (int(np.argmax(run.clean_acc)), "full")
     else:
         out["oracle"] = (int(np.argmin(run.held)), "full")
-    if LIBRARY_MONITOR in run.logs:
-        values = [None if not np.isfinite(v) else float(v) for v in run.logs[LIBRARY_MONITOR]]
-        out["library"] = (RL.keras_early_stopping(values, LIBRARY_PATIENCE)[0], "full")
-    if run.classification:
-        out["label_wave"] = (RL.label_wave(run.flips)[0], "full")
+    if "pop_risk_ready" in run.logs:
+        out["library"] = (recipe_epoch(run.logs["pop_risk"], run.logs["pop_risk_ready"] > 0.5),
+                          "full")
     if run.sums:
+        _, logged, ready = replica_series(run)
+        out["replica"] = (recipe_epoch(logged, ready), "full")
+        values = [float(v) for v in legacy_capped(run)]
+        out["capped"] = (RL.keras_early_stopping(values, LEGACY_PATIENCE)[0], "full")
         eb = 1.0 - run.sums["eb_ratio"] / np.maximum(run.sums["count"], 1.0)
         out["eb"] = (RL.first_true(eb > 0)[0], "full")
+    if run.classification:
+        out["label_wave"] = (RL.label_wave(run.flips, LABEL_WAVE_WINDOW)[0], "full")
     if holdout is not None:
         hv = holdout["epochs"]
-        val_loss = [e["val_loss"] for e in hv]
-        out["holdout_loss"] = (RL.keras_early_stopping(val_loss, HOLDOUT_PATIENCE)[0],
-                               "holdout")
+        out["holdout_loss"] = (RL.keras_early_stopping([e["val_loss"] for e in hv],
+                                                       HOLDOUT_PATIENCE)[0], "holdout")
         if run.classification:
-            val_acc = [e["val_acc"] for e in hv]
-            out["holdout_acc"] = (RL.keras_early_stopping(val_acc, HOLDOUT_PATIENCE,
-                                                          mode="max")[0], "holdout")
+            out["holdout_acc"] = (RL.keras_early_stopping([e["val_acc"] for e in hv],
+                                                          HOLDOUT_PATIENCE, mode="max")[0],
+                                  "holdout")
         # retrain on all data for the holdout's epoch count (accuracy-monitored
         # for classification, loss-monitored for regression)
         chosen = out["holdout_acc" if run.classification else "holdout_loss"][0]
@@ -127,11 +182,20 @@ def score_run(rec, holdout=None):
     run = Run(rec)
     res = {name: outcome(run, holdout, kept, src)
            for name, (kept, src) in rule_epochs(run, holdout).items()}
-    est = run.logs.get("pop_risk_estimate")
     extra = {}
-    if est is not None:
-        extra["spearman"] = spearman(est, run.held)
-        extra["mare"] = float(np.nanmean(np.abs(est - run.held) / run.held))
+    series = {}
+    if "pop_risk_ready" in run.logs:
+        series["library"] = run.logs["pop_risk_estimate"]
+    if run.sums:
+        series["replica"] = replica_series(run)[0]
+        series["capped"] = legacy_capped(run)
+    series["train_loss"] = run.L
+    for name, est in series.items():
+        extra[name] = {"spearman": spearman(est, run.held),
+                       "mare": float(np.nanmean(np.abs(est - run.held) / run.held))}
+    if "library" in series and "replica" in series:
+        lib, rep = np.asarray(series["library"]), series["replica"]
+        extra["agreement_max_rel"] = float(np.max(np.abs(lib - rep) / np.abs(rep)))
     return run, res, extra
 
 
@@ -147,5 +211,178 @@ def to_json(obj):
                                  and not math.isfinite(o) else o))
 
 
+RULES = ("never", "oracle", "holdout_acc", "holdout_loss", "retrain", "label_wave", "eb",
+         "capped", "recipe")
+RULE_NAMES = {
+    "never": "never stopping", "oracle": "best epoch (oracle)",
+    "holdout_acc": "20 % holdout, ES val_accuracy", "holdout_loss": "20 % holdout, ES val_loss",
+    "retrain": "holdout's epochs, retrained on all", "label_wave": "Label Wave",
+    "eb": "EB criterion", "capped": "old `capped` default", "recipe": "keras_snr recipe",
+}
+HEADLINE_GROUPS = (("LN", "label-noise classification (clean accuracy)"),
+                   ("C", "noise-free classification (clean accuracy)"),
+                   ("R", "regression (held-out loss)"))
+
+
+def task_set(task):
+    family, key = task.split(":")
+    if family == "gen":
+        return "design" if int(key) < 1000 else "heldout"
+    return "design" if family == "seven" else "heldout"
+
+
+def group(rec):
+    if rec["loss"] == "mse":
+        return "R"
+    return "LN" if label_noise_classification(rec) else "C"
+
+
+def collect_cells(runs):
+    """`{(task, dynamics): cell}` with per-seed rule outcomes and estimate
+    metrics. The recipe is the library's own logs where the run has them
+    (held-out set) and the offline replica otherwise (design set)."""
+    cells = {}
+    for (kind, task, dyn, seed), rec in sorted(runs.items()):
+        if kind != "full":
+            continue
+        holdout = runs.get(("holdout", task, dyn, seed))
+        run, res, extra = score_run(rec, holdout)
+        recipe = "library" if "library" in res else "replica"
+        res["recipe"] = res.get(recipe)
+        cell = cells.setdefault((task, dyn), {
+            "task": task, "dynamics": dyn, "set": task_set(task), "group": group(rec),
+            "info": rec.get("info", {}), "recipe_source": recipe, "seeds": [],
+            "classification": run.classification})
+        cell["seeds"].append({"seed": seed, "rules": res, "estimate": extra,
+                              "epochs": run.E})
+    return cells
+
+
+def cell_mean(cell, rule, field="quality"):
+    vals = [s["rules"][rule][field] for s in cell["seeds"]
+            if s["rules"].get(rule) is not None]
+    return float(np.mean(vals)) if len(vals) == len(cell["seeds"]) else float("nan")
+
+
+def better(cell, a, b):
+    """Mean quality of rule `a` at least rule `b`'s (higher accuracy /
+    lower loss)."""
+    x, y = cell_mean(cell, a), cell_mean(cell, b)
+    return x >= y if cell["classification"] else x <= y
+
+
+def safe(cell, rule, per_seed=True):
+    """Never more than SAFE worse than training to the end (relative)."""
+    out = []
+    for s in cell["seeds"]:
+        q, end = s["rules"][rule]["quality"], s["rules"]["never"]["quality"]
+        out.append(q >= (1 - SAFE) * end if cell["classification"] else q <= (1 + SAFE) * end)
+    return all(out) if per_seed else out
+
+
+def summarise(cells):
+    """Targets of issue 16 on a list of cells."""
+    ln = [c for c in cells if c["group"] == "LN"]
+    out = {"cells": len(cells), "label_noise_cells": len(ln)}
+    if ln:
+        for anchor in ("holdout_acc", "holdout_loss", "retrain", "label_wave"):
+            share = np.mean([better(c, "recipe", anchor) for c in ln])
+            diff = np.mean([cell_mean(c, "recipe") - cell_mean(c, anchor) for c in ln])
+            out[f"recipe_vs_{anchor}"] = {"share_at_least": float(share),
+                                          "mean_difference": float(diff)}
+        out["mean_quality"] = {r: float(np.mean([cell_mean(c, r) for c in ln]))
+                               for r in RULES if all(np.isfinite(cell_mean(c, r)) for c in ln)}
+    out["unsafe_cells"] = {r: [f"{c['task']} {c['dynamics']}" for c in cells
+                               if all(s["rules"].get(r) for s in c["seeds"]) and not safe(c, r)]
+                           for r in RULES if r not in ("oracle", "never")}
+    sp = [np.nanmean([s["estimate"][c["recipe_source"]]["spearman"] for s in c["seeds"]])
+          for c in cells]
+    mare = [np.nanmean([s["estimate"][c["recipe_source"]]["mare"] for s in c["seeds"]])
+            for c in cells]
+    out["spearman"] = {"share_at_least_0.9": float(np.mean(np.array(sp) >= SPEARMAN_TARGET)),
+                       "mean": float(np.nanmean(sp)), "mare_mean": float(np.nanmean(mare))}
+    agreement = [s["estimate"].get("agreement_max_rel") for c in cells for s in c["seeds"]]
+    agreement = [a for a in agreement if a is not None]
+    if agreement:
+        out["library_vs_replica_max_rel"] = float(np.max(agreement))
+    return out
+
+
+def fmt_q(cell, rule):
+    vals = [s["rules"][rule]["quality"] for s in cell["seeds"] if s["rules"].get(rule)]
+    if len(vals) != len(cell["seeds"]):
+        return "-"
+    if cell["classification"]:
+        return f"{100 * np.mean(vals):.1f}"
+    return f"{np.mean(vals):.3f}"
+
+
+def describe(cell):
+    info = cell["info"]
+    if "arch" in info:
+        kind = (f"{info['classes']}-class" if info["kind"] == "classification" else "regr.")
+        noise = ("no noise" if info["noise_type"] == "none" else
+                 f"{info['noise_type']} {100 * info['noise_rate']:.0f} %"
+                 if info["kind"] == "classification" else f"sigma {info['noise_rate']:.2f}")
+        return f"{info['arch']}, {kind}, {noise}, n {info['n']}"
+    return info.get("name", "")
+
+
+def markdown(cells, summaries, command, seeds):
+    lines = ["# Stopping without a validation set: population-risk benchmark v3", "",
+             f"Command: `{command}`", "",
+             "Quality: clean held-out accuracy (%) for classification, held-out loss "
+             "(same label noise as training) for regression; mean over seeds "
+             f"({seeds}). Recipe: `PopulationRiskEstimate(x_train=...)` + "
+             "`ValidationFreeStopping()` (design set: offline replica from the recorded "
+             "optimizer statistics and prediction changes; held-out set: the library's own "
+             "logs).", ""]
+    for name, title in (("design", "Design set (generator seeds 0-23, the seven tasks)"),
+                        ("heldout", "Held-out set (generator seeds 1000-1023, real data)")):
+        part = [c for c in cells.values() if c["set"] == name]
+        if not part:
+            continue
+        summ = summaries[name]
+        lines += [f"## {title}", "", "```", json.dumps(to_json(summ), indent=1), "```", ""]
+        for g, gtitle in HEADLINE_GROUPS:
+            gc = [c for c in part if c["group"] == g]
+            if not gc:
+                continue
+            lines += [f"### {gtitle}: {len(gc)} task x dynamics cells", "",
+                      "| task | dynamics | " + " | ".join(RULE_NAMES[r] for r in RULES)
+                      + " | Spearman | MARE |",
+                      "| --- | --- |" + " --- |" * (len(RULES) + 2)]
+            for c in gc:
+                src = c["recipe_source"]
+                sp = np.nanmean([s["estimate"][src]["spearman"] for s in c["seeds"]])
+                mare = np.nanmean([s["estimate"][src]["mare"] for s in c["seeds"]])
+                lines.append(f"| {c['task']} ({describe(c)}) | {c['dynamics']} | "
+                             + " | ".join(fmt_q(c, r) for r in RULES)
+                             + f" | {sp:+.2f} | {mare:.2f} |")
+            means = []
+            for r in RULES:
+                vals = [cell_mean(c, r) for c in gc]
+                k = 100 if gc[0]["classification"] else 1
+                means.append(f"{k * np.nanmean(vals):.{1 if k == 100 else 3}f}")
+            lines += ["| mean | |" + " |".join(" " + m for m in means) + " | | |", ""]
+    return "\n".join(lines) + "\n"
+
+
 def report(runs, args, command):
-    raise NotImplementedError  # written once the design is done
+    cells = collect_cells(runs)
+    summaries = {}
+    for name in ("design", "heldout"):
+        part = [c for c in cells.values() if c["set"] == name]
+        if part:
+            summaries[name] = summarise(part)
+            summaries[name]["by_dynamics"] = {
+                dyn: summarise([c for c in part if c["dynamics"] == dyn])
+                for dyn in sorted({c["dynamics"] for c in part})}
+    text = markdown(cells, summaries, command, len(args.seed_list))
+    print(text)
+    if args.out:
+        with open(args.out + ".md", "w") as f:
+            f.write(text)
+        with open(args.out + ".json", "w") as f:
+            json.dump(to_json({"command": command, "summaries": summaries,
+                               "cells": list(cells.values())}), f, indent=1)
