@@ -123,7 +123,8 @@ def collect(args):
     os.makedirs(args.raw, exist_ok=True)
     todo = run_list(args.tasks, args.dynamics, args.seed_list)
     i, k = (int(x) for x in args.shard.split("/"))
-    for kind, task, dyn, seed in todo[i::k]:
+    # shard by (task, seed, dynamics), so that each shard gets full and holdout runs
+    for kind, task, dyn, seed in [r for j, r in enumerate(todo) if (j // 2) % k == i]:
         path = raw_path(args.raw, kind, task, dyn, seed, args.quick)
         if os.path.exists(path):
             continue
