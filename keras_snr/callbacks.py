@@ -431,6 +431,16 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             chunks.append(np.asarray(ops.convert_to_numpy(pred)))
         pred = np.concatenate(chunks)
         if pred.ndim < 2 or pred.shape[-1] < 2:
+            if not self._state.get("warned_single_output"):
+                self._state["warned_single_output"] = True
+                warnings.warn(
+                    "PopulationRiskEstimate: the model has one output unit per "
+                    f"example (shape {pred.shape[1:]}), so there is no predicted "
+                    "class to follow and `x_train` is not used (for a one-logit "
+                    "binary classifier, output two logits to have prediction "
+                    "changes counted); early stopping may begin at epoch 1.",
+                    stacklevel=4,
+                )
             return None
         return pred.argmax(-1)
 

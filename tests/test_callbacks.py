@@ -75,38 +75,28 @@ def replica(epochs, optimizer, alpha, threshold=0.05):
     """The documented estimate, in NumPy float64, from recorded statistics."""
     c = (1 - optimizer.beta_1) / (1 + optimizer.beta_1)
     wd = optimizer.weight_decay or 0.0
-    out, g1 = [], None
-    gap_dec = gap_cal = pending = 0.0
-    prev_loss, first_loss, reliable, best, last_it = None, None, True, math.inf, 0
+    out, gap, first_loss, reliable, best, last_it = [], 0.0, None, True, math.inf, 0
     for e in epochs:
         loss, lr = e["loss"], e["lr"]
         updates, last_it = e["iterations"] - last_it, e["iterations"]
-        g2s = [np.maximum(m * m - c * s, 0) for m, v, s, q in e["rows"]]
-        if g1 is None:
-            g1, first_loss = g2s, loss
-        a = b = cc = m2 = noise = signal = count = 0.0
-        for (m, v, s, q), g2, ref in zip(e["rows"], g2s, g1):
+        first_loss = loss if first_loss is None else first_loss
+        a = m2 = noise = signal = count = 0.0
+        for m, v, s, q in e["rows"]:
             big_n = alpha * s
+            g2 = np.maximum(m * m - c * s, 0)
             qp = q / (np.sqrt(v) + optimizer.epsilon)
             a += np.sum(qp * big_n * np.minimum(1, np.sqrt(g2 / (big_n + 1e-30))))
-            b += np.sum(qp * big_n * np.where(ref > 0, np.minimum(1, np.sqrt(g2 / (ref + 1e-30))), 1))
-            cc += np.sum(qp * g2)
             m2 += np.sum(m * m)
             noise += np.sum(big_n)
             signal += np.sum(m * m > big_n)
             count += m.size
-        decay = math.exp(-lr * wd * updates)
-        drop = 0.0 if prev_loss is None else max(prev_loss - loss, 0.0)
-        gap_dec = decay * (gap_dec + pending)
-        gap_cal = decay * gap_cal + drop * (b / cc if cc > 0 else 1.0)
-        pending, prev_loss = lr * updates * a, loss
-        estimate = loss + min(gap_dec, gap_cal)
+        gap = math.exp(-lr * wd * updates) * gap + lr * updates * a
+        estimate = loss + gap
         reliable = reliable and loss >= threshold * first_loss
         value = estimate if reliable or not math.isfinite(best) else best - max(1e-6 * abs(best), 1e-12)
         best = min(best, value)
         out.append(dict(pop_risk=value, pop_risk_estimate=estimate, pop_risk_reliable=float(reliable),
-                        pop_risk_gap_decayed=gap_dec, pop_risk_gap_calibrated=gap_cal,
-                        signal_fraction=signal / count, gradient_snr=m2 / noise))
+                        pop_risk_gap=gap, signal_fraction=signal / count, gradient_snr=m2 / noise))
     return out
 
 
@@ -127,61 +117,195 @@ def test_matches_numpy_replica(kwargs):
         got = np.array(history[key])
         expected = np.array([w[key] for w in want])
         np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-7, err_msg=key)
-    assert history["pop_risk"][0] == history["loss"][0]  # the epoch-1 anchor
-    assert max(history["pop_risk_gap_decayed"]) > 0 and max(history["pop_risk_gap_calibrated"]) > 0
+    assert max(history["pop_risk_gap"]) > 0
+    assert history["pop_risk_ready"] == [1.0] * 6  # regression: no prediction changes
 
 
-def test_epoch_one_anchor_is_the_prequential_loss():
-    """Brute force on a tiny model: each batch's loss computed before the
-    update on it, in a custom loop over the same batches, averaged (weighted
-    by batch size: the last batch is short) equals pop_risk after epoch 1."""
-    x, y = _data(n=90)  # 6 batches of 16 and one of 10
-    model = _model(keras_snr.SNRAdam(learning_rate=0.05))
-    twin = _model(keras_snr.SNRAdam(learning_rate=0.05))
+def test_brute_force_on_a_tiny_linear_model():
+    """The whole chain against an independent computation: a linear model
+    trained by fit() on fixed batches; the same batches' gradients computed
+    by hand in NumPy drive the NumPy reference optimizer
+    (tests/reference.py), from whose state the documented gap is summed,
+    and the epoch loss is the batch-size weighted mean of each batch's loss
+    before its update."""
+    from reference import ReferenceSNRAdam
+
+    n, b, epochs = 40, 8, 4
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    y = (x @ np.array([[0.5], [-1.0], [0.2]]) + 0.7 * rng.normal(size=(n, 1))).astype("float32")
+    kwargs = dict(learning_rate=0.05, alpha=0.3, weight_decay=0.1)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras_snr.SNRAdam(**kwargs), loss="mse")
+    weights = [np.asarray(w, "float64") for w in model.get_weights()]
     history = model.fit(
-        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-        callbacks=[keras_snr.PopulationRiskEstimate(dataset_size=90, batch_size=BATCH)],
+        x, y, batch_size=b, epochs=epochs, shuffle=False, verbose=0,
+        callbacks=[keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=b,
+                                                    diagnostics=True)],
     ).history
-    loss_fn = keras.losses.MeanSquaredError()
-    optimizer = twin.optimizer
-    optimizer.build(twin.trainable_variables)
-    total = 0.0
-    for start in range(0, 90, BATCH):
-        xb, yb = x[start:start + BATCH], y[start:start + BATCH]
-        if BACKEND == "tensorflow":
-            import tensorflow as tf
-
-            with tf.GradientTape() as tape:
-                loss = loss_fn(yb, twin(xb, training=True))
-            grads = tape.gradient(loss, twin.trainable_variables)
-        elif BACKEND == "jax":
-            import jax
-
-            values = [v.value for v in twin.trainable_variables]
-            loss, grads = jax.value_and_grad(
-                lambda w: _jax_loss(twin, loss_fn, w, xb, yb)
-            )(values)
-        else:
-            twin.zero_grad()
-            loss = loss_fn(yb, twin(xb, training=True))
-            loss.backward()
-            grads = [v.value.grad for v in twin.trainable_variables]
-        total += float(keras.ops.convert_to_numpy(loss)) * len(xb)
-        optimizer.apply(grads, twin.trainable_variables)
-    np.testing.assert_allclose(history["pop_risk"][0], total / 90, rtol=1e-5)
-    np.testing.assert_allclose(history["loss"][0], total / 90, rtol=1e-5)
-
-
-def _jax_loss(model, loss_fn, weights, x, y):
-    y_pred, _ = model.stateless_call(weights, [v.value for v in model.non_trainable_variables], x)
-    return loss_fn(y, y_pred)
+    ref = ReferenceSNRAdam(**kwargs)
+    alpha = b / (n - b)
+    c = (1 - 0.9) / (1 + 0.9)
+    gap = 0.0
+    for epoch in range(epochs):
+        total = 0.0
+        for start in range(0, n, b):
+            xb, yb = x[start:start + b].astype("float64"), y[start:start + b].astype("float64")
+            err = xb @ weights[0] + weights[1] - yb
+            total += float(np.mean(err**2)) * len(xb)
+            grads = [2 * xb.T @ err / len(xb), 2 * err.mean(0)]
+            weights = ref.step(weights, grads)
+        t = ref.t
+        rate = 0.0
+        for m, v, s, q in zip(ref.m, ref.v, ref.s, ref.last_q):
+            m_hat, v_hat, s_hat = m / (1 - 0.9**t), v / (1 - 0.999**t), s / (1 - 0.99**t)
+            g2 = np.maximum(m_hat**2 - c * s_hat, 0)
+            noise = alpha * s_hat
+            rate += np.sum(q / (np.sqrt(v_hat) + 1e-8) * noise
+                           * np.minimum(1, np.sqrt(g2 / (noise + 1e-30))))
+        updates = n // b
+        gap = math.exp(-0.05 * 0.1 * updates) * gap + 0.05 * updates * rate
+        np.testing.assert_allclose(history["loss"][epoch], total / n, rtol=1e-4)
+        np.testing.assert_allclose(history["pop_risk_gap"][epoch], gap, rtol=2e-4)
+        np.testing.assert_allclose(history["pop_risk_estimate"][epoch], total / n + gap, rtol=1e-4)
+    for got, want in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_reliability_rule_and_early_stopping_on_it():
+def _classifier_data(n=120, seed=0, flip=0.3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = ((x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0)).astype("int32")
+    noisy = rng.random(n) < flip
+    return x, np.where(noisy, rng.integers(0, 4, n), y).astype("int32")
+
+
+def _classifier(lr=0.01):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(4)])
+    model.compile(keras_snr.SNRAdam(learning_rate=lr, gate=None),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+class PredictionRecorder(keras.callbacks.Callback):
+    """Listed after the estimate: the predicted classes on `x` per epoch."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x, self.classes = x, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.classes.append(np.asarray(self.model.predict(self.x, verbose=0)).argmax(-1))
+
+
+def label_wave_ready(classes, window):
+    """Definition: changes[e] = fraction of examples whose predicted class
+    differs from epoch e - 1's; smoothed by a trailing mean of `window`
+    changes; ready from the first epoch whose smoothed value exceeds the
+    previous epoch's (i.e. the epoch after the first local minimum)."""
+    changes = [np.nan] + [float(np.mean(a != b)) for a, b in zip(classes[1:], classes[:-1])]
+    smooth = [np.mean(changes[e - window + 1:e + 1]) if e >= window else np.nan
+              for e in range(len(changes))]
+    ready, on = [], False
+    for e in range(len(changes)):
+        on = on or (e > window and smooth[e] > smooth[e - 1])
+        ready.append(float(on))
+    return changes, ready
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_prediction_changes_and_label_wave_against_the_definition(window):
+    x, y = _classifier_data()
+    model = _classifier()
+    estimate = keras_snr.PopulationRiskEstimate(dataset_size=len(x), batch_size=BATCH, x_train=x,
+                                                label_wave_window=window, diagnostics=True)
+    recorder = PredictionRecorder(x)
+    history = model.fit(x, y, batch_size=BATCH, epochs=25, verbose=0,
+                        callbacks=[estimate, recorder]).history
+    changes, ready = label_wave_ready(recorder.classes, window)
+    np.testing.assert_allclose(history["prediction_changes"], changes, rtol=1e-6)
+    assert history["pop_risk_ready"] == ready
+    assert 0.0 in ready and 1.0 in ready  # the rule fired inside the run
+
+
+def test_sample_of_x_train_and_sequence_outputs():
+    """`sample_size` picks a seeded subset; per-position classes (sequence
+    outputs) are compared entry by entry."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 5, size=(200, 6)).astype("int32")
+    y = np.roll(x, 1, axis=1)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(5, 8),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(5)])
+    model.compile(keras_snr.SNRAdam(learning_rate=0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    estimate = keras_snr.PopulationRiskEstimate(dataset_size=200, batch_size=20, x_train=x,
+                                                sample_size=50, seed=7)
+    keep = np.sort(np.random.default_rng(7).permutation(200)[:50])
+    np.testing.assert_array_equal(estimate.x_train, x[keep])
+    recorder = PredictionRecorder(x[keep])
+    history = model.fit(x, y, batch_size=20, epochs=4, verbose=0,
+                        callbacks=[estimate, recorder]).history
+    want = [float(np.mean(a != b)) for a, b in zip(recorder.classes[1:], recorder.classes[:-1])]
+    np.testing.assert_allclose(history["prediction_changes"][1:], want, rtol=1e-6)
+    assert recorder.classes[0].shape == (50, 6)
+
+
+def test_validation_free_stopping_is_early_stopping_counted_from_ready():
+    """Replay of Keras's EarlyStopping on the logged pop_risk, counting
+    only epochs with pop_risk_ready = 1; the restored weights are those of
+    the kept epoch."""
+    x, y = _classifier_data(seed=2)
+    snapshots = []
+
+    class Weights(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append([np.array(w) for w in self.model.get_weights()])
+
+    model = _classifier(lr=0.02)
+    stopper = keras_snr.ValidationFreeStopping(patience=3)
+    history = model.fit(
+        x, y, batch_size=BATCH, epochs=60, verbose=0,
+        callbacks=[keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x,
+                                                    label_wave_window=1),
+                   stopper, Weights()],
+    ).history
+    values = [v if r == 1.0 else None for v, r in zip(history["pop_risk"], history["pop_risk_ready"])]
+    counted = [i for i, v in enumerate(values) if v is not None]
+    assert counted, "pop_risk_ready never turned 1"
+    best = min(counted, key=lambda i: (values[i], i))
+    assert stopper.best_epoch == best
+    assert len(history["loss"]) == 60 or len(history["loss"]) - 1 - max(
+        i for i in counted if values[i] == values[best]) >= 3
+    for got, want in zip(model.get_weights(), snapshots[best]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_validation_free_stopping_needs_the_estimate():
+    model = _model()
+    with pytest.raises(ValueError, match="list a\\s+PopulationRiskEstimate before it"):
+        _fit(model, [keras_snr.ValidationFreeStopping()], epochs=1)
+    with pytest.raises(ValueError, match="`patience` must be a positive integer"):
+        keras_snr.ValidationFreeStopping(patience=0)
+
+
+def test_first_epoch_is_the_training_loss_plus_one_epoch_of_gap():
+    model = _model(keras_snr.SNRAdam(learning_rate=0.05))
+    history = _fit(model, [keras_snr.PopulationRiskEstimate(dataset_size=N, batch_size=BATCH,
+                                                            diagnostics=True)],
+                   epochs=1).history
+    assert history["pop_risk"][0] == pytest.approx(history["loss"][0] + history["pop_risk_gap"][0])
+    assert history["pop_risk_gap"][0] > 0
+
+
+def test_reliability_rule_warns_once_and_early_stopping_keeps_the_latest():
     """A noise-free target the model fits: once the loss falls below 5 % of
-    the epoch-1 loss the estimate is unreliable for good and pop_risk falls
-    strictly; EarlyStopping (patience 1) watching from then on neither stops
-    nor restores an older epoch."""
+    the epoch-1 loss the estimate is unreliable for good (one warning) and
+    pop_risk falls strictly; ValidationFreeStopping (patience 1) neither
+    stops nor restores an older epoch from then on."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N, 4)).astype("float32")
     y = (x @ np.array([[1.0], [-2.0], [0.5], [0.0]])).astype("float32")
@@ -189,11 +313,14 @@ def test_reliability_rule_and_early_stopping_on_it():
     def train(callbacks):
         model = _model(keras_snr.SNRAdam(learning_rate=0.05, gate=None))
         estimate = keras_snr.PopulationRiskEstimate(dataset_size=N, batch_size=BATCH)
-        history = model.fit(x, y, batch_size=BATCH, epochs=20, shuffle=False, verbose=0,
-                            callbacks=[estimate] + callbacks).history
-        return model, history
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(x, y, batch_size=BATCH, epochs=20, shuffle=False, verbose=0,
+                                callbacks=[estimate] + callbacks).history
+        return model, history, [w for w in caught if "no longer trusted" in str(w.message)]
 
-    _, history = train([])
+    _, history, caught = train([])
+    assert len(caught) == 1 and "validation_split" in str(caught[0].message)
     reliable, loss = history["pop_risk_reliable"], history["loss"]
     flip = reliable.index(0.0)
     assert all(r == 1.0 for r in reliable[:flip]) and all(r == 0.0 for r in reliable[flip:])
@@ -208,14 +335,25 @@ def test_reliability_rule_and_early_stopping_on_it():
         def on_epoch_end(self, epoch, logs=None):
             last["w"] = [np.array(w) for w in self.model.get_weights()]
 
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="pop_risk", mode="min", patience=1, restore_best_weights=True,
-        start_from_epoch=flip,
-    )
-    model, history = train([stopper, LastWeights()])
+    stopper = keras_snr.ValidationFreeStopping(patience=1)
+    stopper.start_from_epoch = flip
+    model, history, _ = train([stopper, LastWeights()])
     assert len(history["loss"]) == 20 and stopper.stopped_epoch == 0
     for got, want in zip(model.get_weights(), last["w"]):
         np.testing.assert_array_equal(got, want)  # the latest epoch was restored
+
+
+def test_classifier_without_x_train_says_what_it_cannot_do():
+    x, y = _classifier_data()
+    with pytest.warns(UserWarning, match="no `x_train` was given"):
+        history = _classifier().fit(
+            x, y, batch_size=BATCH, epochs=2, verbose=0,
+            callbacks=[keras_snr.PopulationRiskEstimate(len(x), BATCH)]).history
+    assert history["pop_risk_ready"] == [1.0, 1.0] and "prediction_changes" not in history
+    with pytest.warns(UserWarning, match="one output unit"):
+        history = _fit(_model(), [keras_snr.PopulationRiskEstimate(N, BATCH, x_train=_data()[0])],
+                       epochs=2).history
+    assert history["pop_risk_ready"] == [1.0, 1.0] and "prediction_changes" not in history
 
 
 def test_logs_and_keras_consumers(tmp_path):
@@ -230,10 +368,11 @@ def test_logs_and_keras_consumers(tmp_path):
         warnings.simplefilter("error", UserWarning)  # no "metric not available"
         history = _fit(model, [estimate, stopper, saver, keras.callbacks.CSVLogger(path)],
                        epochs=4).history
-    keys = ("pop_risk", "pop_risk_estimate", "pop_risk_reliable", "signal_fraction", "gradient_snr")
+    keys = ("pop_risk", "pop_risk_estimate", "pop_risk_reliable", "pop_risk_ready",
+            "signal_fraction", "gradient_snr")
     for key in keys:
         assert len(history[key]) == 4 and all(math.isfinite(v) for v in history[key]), key
-    assert "pop_risk_gap_decayed" not in history  # diagnostics only
+    assert "pop_risk_gap" not in history  # diagnostics only
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert [float(r["pop_risk"]) for r in rows] == pytest.approx(history["pop_risk"])
@@ -278,8 +417,8 @@ def test_gradient_accumulation_uses_the_effective_batch():
     assert estimate._alpha == pytest.approx(alpha)
     assert [e["iterations"] for e in recorder.epochs] == [3, 6, 9, 12]  # updates, not batches
     want = replica(recorder.epochs, optimizer, alpha)
-    np.testing.assert_allclose(history["pop_risk_gap_decayed"],
-                               [w["pop_risk_gap_decayed"] for w in want], rtol=2e-5, atol=1e-8)
+    np.testing.assert_allclose(history["pop_risk_gap"],
+                               [w["pop_risk_gap"] for w in want], rtol=2e-5, atol=1e-8)
 
 
 def test_repeated_dataset_with_steps_per_epoch():
@@ -321,7 +460,7 @@ def test_under_loss_scale_optimizer_and_multi_optimizer():
 def test_second_fit_continues_the_same_estimate():
     model = _model()
     estimate = keras_snr.PopulationRiskEstimate(dataset_size=N, batch_size=BATCH)
-    first = _fit(model, [estimate], epochs=3).history["pop_risk"]
+    first = _fit(model, [estimate], epochs=3).history["loss"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "restarts" warning
         second = _fit(model, [estimate], epochs=2).history
@@ -346,7 +485,8 @@ import keras_snr
 def data():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 4)).astype("float32")
-    return x, (x[:, :1] + 0.5 * rng.normal(size=(96, 1))).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + 2 * (x[:, 1] > 0)
+    return x, np.where(rng.random(96) < 0.3, rng.integers(0, 4, 96), y).astype("int32")
 
 class Interrupt(keras.callbacks.Callback):
     def __init__(self, at):
@@ -358,10 +498,12 @@ class Interrupt(keras.callbacks.Callback):
 
 def run(backup, state_dir, interrupt_at, out):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1)])
-    model.compile(keras_snr.SNRAdam(learning_rate=0.02), loss="mse")
-    callbacks = [keras_snr.PopulationRiskEstimate(96, 16, backup_dir=state_dir)]
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(4)])
+    model.compile(keras_snr.SNRAdam(learning_rate=0.02),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callbacks = [keras_snr.PopulationRiskEstimate(96, 16, x_train=data()[0], label_wave_window=1,
+                                                  backup_dir=state_dir)]
     if backup:
         callbacks.append(keras.callbacks.BackupAndRestore(backup))
     if interrupt_at:
@@ -412,6 +554,10 @@ def test_resume_with_backup_and_restore_in_a_fresh_process(
     if with_state:
         np.testing.assert_allclose(resumed["pop_risk"], whole["pop_risk"][3:], rtol=1e-5)
         assert resumed["pop_risk_reliable"] == whole["pop_risk_reliable"][3:]
+        # the prediction changes continue from the saved classes
+        np.testing.assert_allclose(resumed["prediction_changes"],
+                                   whole["prediction_changes"][3:], rtol=1e-6)
+        assert resumed["pop_risk_ready"] == whole["pop_risk_ready"][3:]
     else:
         assert "restarts here" in result.stderr
         assert resumed["pop_risk_reliable"] == [0.0, 0.0, 0.0]
@@ -435,6 +581,12 @@ def test_non_snr_optimizer_raises():
         (dict(dataset_size=10, backup_dir=3), "`backup_dir` must be a path"),
         (dict(dataset_size=10, monitor_loss=None), "`monitor_loss` must be a string"),
         (dict(dataset_size=10, estimator="capped"), "unexpected keyword argument 'estimator'"),
+        (dict(dataset_size=10, sample_size=0), "`sample_size` must be a positive integer"),
+        (dict(dataset_size=10, label_wave_window=2.5), "`label_wave_window` must be a positive"),
+        (dict(dataset_size=10, prediction_batch_size=None), "`prediction_batch_size` must be"),
+        (dict(dataset_size=10, x_train=(np.zeros((4, 2)), np.zeros((5, 2)))),
+         r"all of the same length; received lengths \[4, 5\]"),
+        (dict(dataset_size=10, x_train=3.0), "examples along the first axis"),
     ],
 )
 def test_bad_arguments(kwargs, error):
