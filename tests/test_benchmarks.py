@@ -5,9 +5,10 @@ jitted training loops), writing its outputs to a temporary directory, never
 to `benchmarks/results/`. The checks are that every requested arm finished
 and recorded a finite result (the mean gate too, for SNRAdam arms); the
 numbers themselves mean nothing at this size. The population-risk benchmark
-(`population_risk_validation.py`) is run the same way on one task, both
-dynamics, one seed and three epochs, and must also report the library's
-`pop_risk` in agreement with its offline replica.
+(`population_risk_benchmark.py`) is run the same way on two tasks (a
+generated noisy-label classifier and a real regression dataset), both
+dynamics, one seed and five epochs: every stopping rule must be scored and
+the library's logged estimate must agree with its offline replica.
 
 A static check: no benchmark edits `sys.path` (code they share lives in the
 packages `benchmarks/tasks/` and `benchmarks/pop_risk/`) or reads
@@ -96,26 +97,39 @@ def test_population_risk_benchmark_runs_at_toy_size(tmp_path):
     out = tmp_path / "population_risk"
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "population_risk_validation.py"), "--quick",
-         "--tasks", "noisy_digits", "--epochs", "3", "--shadows", "2",
-         "--raw", str(tmp_path / "raw"), "--out", str(out)],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, os.path.join(BENCHMARKS, "population_risk_benchmark.py"), "--quick",
+         "--tasks", "gen:0", "real:diabetes", "--raw", str(tmp_path / "raw"),
+         "--out", str(out), "--bundle", str(tmp_path / "runs.json.gz")],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _snapshot(results) == before, "a run with --out elsewhere wrote to benchmarks/results/"
-    assert len(list((tmp_path / "raw").glob("*.json"))) == 4  # 2 main + 2 shadow runs
-    assert (tmp_path / "population_risk.md").read_text().startswith("# Population-risk")
-    assert (tmp_path / "population_risk_raw.json.gz").exists()
+    assert len(list((tmp_path / "raw").glob("*.json"))) == 8  # 2 tasks x 2 dynamics x 2 runs
+    assert (tmp_path / "population_risk.md").read_text().startswith("# Stopping without")
     report = json.loads((tmp_path / "population_risk.json").read_text())
-    assert [(r["task"], r["dynamics"]) for r in report["headline"]] == [
-        ("noisy_digits", "adam"), ("noisy_digits", "snr")]
-    for row in report["headline"]:
-        for name in ("library", "capped", "tic", "train_loss", "reference"):
-            assert math.isfinite(row[name]["regret"]), (name, row)
-    library = [s for s in report["scores"] if s["candidate"] == "library"]
-    assert len(library) == 2 and all(s["es_ran"] == 3 for s in library)
-    # the library's own logged pop_risk vs the offline float64 replica
-    assert report["agreement"]["overall"]["pop_risk_max_rel"] < 1e-5, report["agreement"]
+    cells = {(c["task"], c["dynamics"]): c for c in report["cells"]}
+    assert set(cells) == {("gen:0", "adam"), ("gen:0", "snr"), ("real:diabetes", "adam"),
+                          ("real:diabetes", "snr")}
+    for cell in cells.values():
+        assert cell["recipe_source"] == "library"  # replayed from the library's own logs
+        (seed,) = cell["seeds"]
+        rules = {"never", "oracle", "recipe", "replica", "holdout_loss", "retrain", "eb",
+                 "capped"} | ({"label_wave", "holdout_acc"} if cell["classification"] else set())
+        assert rules <= set(seed["rules"]), sorted(seed["rules"])
+        for rule in rules:
+            assert math.isfinite(seed["rules"][rule]["quality"]), rule
+        # the library's logged estimate vs its offline float64 replica
+        assert seed["estimate"]["agreement_max_rel"] < 1e-5, seed["estimate"]
+    # scoring the bundle again gives the same report
+    again = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "population_risk_benchmark.py"), "--quick",
+         "--tasks", "gen:0", "real:diabetes", "--raw", str(tmp_path / "runs.json.gz"),
+         "--score-only", "--out", str(tmp_path / "again")],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (json.loads((tmp_path / "again.json").read_text())["cells"]
+            == report["cells"])
 
 
 PRIVATE_STATE = re.compile(
