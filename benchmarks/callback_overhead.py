@@ -1,15 +1,26 @@
-"""Per-epoch overhead of keras_snr's callbacks on `fit()`, measured in one run.
+"""Per-epoch cost of keras_snr's callbacks on `fit()`, measured in one run.
 
-Trains the same MLP without a callback, with `GateLogger` and with
-`PopulationRiskEstimate`, interleaving the arms over several rounds, and
-prints the median wall time per epoch and the ratio to the arm without a
-callback. Each round is one `fit()` of `--epochs` epochs per arm; the first
-epoch of every fit (where the callback compiles its epoch-end reduction, and
-Keras its train step) is excluded, so the figure is the steady per-epoch cost
-of a long run. The train step itself is the same in every arm.
+Trains the same model without a callback, with `GateLogger`, with
+`PopulationRiskEstimate` alone and with the recommended recipe
+(`PopulationRiskEstimate(x_train=...)` + `ValidationFreeStopping`, whose
+patience is set so that it never stops here), interleaving the arms over
+several rounds; prints the median wall time per epoch and its ratio to the
+arm without a callback. The first epoch of every fit (compilation) is
+excluded. Because fit-level ratios move by several per cent between runs on
+a shared machine, the callbacks' own epoch-end work is also timed directly:
+after training, each callback's `on_epoch_end` is called repeatedly on the
+trained model (median), and reported as a share of the median epoch
+without a callback.
 
-    KERAS_BACKEND=jax python benchmarks/callback_overhead.py [--rounds 5]
-    python benchmarks/callback_overhead.py --all-backends
+Models (`--model`), at the population-risk benchmark's settings:
+- `mlp`: MLP 64-256-256-10, n = 1500, batch 32 (47 steps per epoch), the
+  typical generated MLP task;
+- `mlp_few_steps`: the same MLP, n = 4096, batch 128 (32 steps);
+- `cnn`: the MNIST-1D 1-D CNN of the benchmark's real tasks, n = 4000,
+  batch 32 (125 steps).
+
+    KERAS_BACKEND=jax python benchmarks/callback_overhead.py --model mlp
+    python benchmarks/callback_overhead.py --all-backends --model cnn
 """
 
 import argparse
@@ -21,20 +32,36 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-ARMS = ("none", "gate_logger", "pop_risk")
+ARMS = ("none", "gate_logger", "pop_risk", "recipe")
+MODELS = {"mlp": (1500, 32), "mlp_few_steps": (4096, 128), "cnn": (4000, 32)}
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=list(MODELS), default="mlp")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per fit (first excluded)")
-    parser.add_argument("--n", type=int, default=4096, help="training examples")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--all-backends", action="store_true",
                         help="run tensorflow, jax and torch, each in its own process")
     return parser.parse_args()
+
+
+def build(kind):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    if kind == "cnn":
+        layers = [keras.Input((40, 1)),
+                  keras.layers.Conv1D(32, 5, padding="same", activation="relu"),
+                  keras.layers.MaxPooling1D(2),
+                  keras.layers.Conv1D(64, 5, padding="same", activation="relu"),
+                  keras.layers.MaxPooling1D(2), keras.layers.Flatten(),
+                  keras.layers.Dense(128, activation="relu")]
+    else:
+        layers = [keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
+                  keras.layers.Dense(256, activation="relu")]
+    return keras.Sequential(layers + [keras.layers.Dense(10)])
 
 
 def main():
@@ -54,31 +81,26 @@ def main():
 
     import keras_snr
 
+    n, batch = MODELS[args.model]
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.n, 64)).astype("float32")
-    y = rng.integers(0, 10, size=(args.n,))
+    shape = (n, 40, 1) if args.model == "cnn" else (n, 64)
+    x = rng.normal(size=shape).astype("float32")
+    y = rng.integers(0, 10, size=(n,))
 
     def make_model():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input((64,)),
-                keras.layers.Dense(args.width, activation="relu"),
-                keras.layers.Dense(args.width, activation="relu"),
-                keras.layers.Dense(10),
-            ]
-        )
-        model.compile(
-            optimizer=keras_snr.SNRAdam(),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        model = build(args.model)
+        model.compile(optimizer=keras_snr.SNRAdam(),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return model
 
     def make_callbacks(arm):
         if arm == "gate_logger":
             return [keras_snr.GateLogger()]
         if arm == "pop_risk":
-            return [keras_snr.PopulationRiskEstimate(dataset_size=args.n, batch_size=args.batch_size)]
+            return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch)]
+        if arm == "recipe":
+            return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch, x_train=x),
+                    keras_snr.ValidationFreeStopping(patience=10_000)]
         return []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -94,26 +116,42 @@ def main():
 
     models = {arm: make_model() for arm in ARMS}
     times = {arm: [] for arm in ARMS}
+    last = {}
     for round_ in range(args.rounds + 1):  # round 0 warms up (compilation)
         for arm in ARMS:
             timer = EpochTimer()  # last, so the callbacks' epoch-end work is timed
-            models[arm].fit(
-                x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
-                callbacks=make_callbacks(arm) + [timer],
-            )
+            callbacks = make_callbacks(arm)
+            models[arm].fit(x, y, batch_size=batch, epochs=args.epochs, verbose=0,
+                            callbacks=callbacks + [timer])
+            last[arm] = callbacks
             if round_:
                 times[arm].extend(timer.times[1:])
 
-    steps = int(np.ceil(args.n / args.batch_size))
+    # direct timing of each callback's epoch-end work on its trained model
+    direct = {}
+    for arm in ARMS[1:]:
+        callbacks = last[arm]
+        samples = []
+        for i in range(25):
+            logs = {"loss": 1.0}
+            t0 = time.perf_counter()
+            for callback in callbacks:  # ValidationFreeStopping too (it may copy weights)
+                callback.on_epoch_end(args.epochs + i, logs)
+            samples.append(time.perf_counter() - t0)
+        direct[arm] = statistics.median(samples[5:])
+
+    steps = int(np.ceil(n / batch))
     base = statistics.median(times["none"])
-    print(f"\nbackend {keras.backend.backend()}: {steps} steps/epoch, {args.rounds} rounds x "
-          f"{args.epochs - 1} timed epochs per arm, MLP 64-{args.width}-{args.width}-10, "
+    print(f"\nbackend {keras.backend.backend()}, model {args.model}: n {n}, batch {batch}, "
+          f"{steps} steps/epoch, {args.rounds} rounds x {args.epochs - 1} timed epochs per arm, "
           f"{args.threads} thread(s)")
-    print("| arm | median epoch (ms) | per step (ms) | overhead per epoch |")
+    print("| arm | median epoch (ms) | fit-level overhead | epoch-end work, timed directly |")
     print("| --- | --- | --- | --- |")
     for arm in ARMS:
         t = statistics.median(times[arm])
-        print(f"| {arm} | {1e3 * t:.1f} | {1e3 * t / steps:.3f} | {100 * (t / base - 1):+.1f} % |")
+        own = (f"{1e3 * direct[arm]:.1f} ms ({100 * direct[arm] / base:.1f} % of an epoch)"
+               if arm in direct else "-")
+        print(f"| {arm} | {1e3 * t:.1f} | {100 * (t / base - 1):+.1f} % | {own} |")
 
 
 if __name__ == "__main__":

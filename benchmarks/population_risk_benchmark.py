@@ -14,10 +14,12 @@ Task sets (see `--set`):
   were committed (the commit named in README.md).
 
 Pre-registered before the first held-out run (this file, pop_risk/score.py
-and keras_snr/callbacks.py as committed):
+and keras_snr/callbacks.py as committed; one deviation, committed before any
+held-out result was looked at: `sample_size` 2048 -> 512, see
+results/population_risk_design_notes.md):
 
 - the recipe: `keras_snr.PopulationRiskEstimate(dataset_size=n,
-  batch_size=b, x_train=x_train)` with its defaults (`sample_size=2048`,
+  batch_size=b, x_train=x_train)` with its defaults (`sample_size=512`,
   `label_wave_window=5`, `reliability_threshold=0.05`), followed by
   `keras_snr.ValidationFreeStopping()` (patience 10, restore best weights),
   replayed from the library's own logs (`pop_risk`, `pop_risk_ready`);

@@ -214,7 +214,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             or a structure of arrays as the model takes them) on which to
             count prediction changes. Recommended for classifiers.
         sample_size: At most this many examples of `x_train` are used (a
-            random subset drawn with `seed`). Defaults to 2048.
+            random subset drawn with `seed`). Defaults to 512 (a forward
+            pass over them costs a few per cent of an epoch at the
+            benchmark's settings; see `benchmarks/callback_overhead.py`).
         label_wave_window: Epochs of the moving average of
             `prediction_changes`. Defaults to 5.
         reliability_threshold: In `(0, 1)`. Defaults to `0.05`.
@@ -236,7 +238,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         dataset_size=None,
         batch_size=None,
         x_train=None,
-        sample_size=2048,
+        sample_size=512,
         label_wave_window=5,
         reliability_threshold=0.05,
         prediction_batch_size=1024,
