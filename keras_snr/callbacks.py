@@ -652,7 +652,9 @@ class ValidationFreeStopping(keras.callbacks.EarlyStopping):
     after the first local minimum of the smoothed prediction changes (Label
     Wave); otherwise from epoch 1. It then keeps the weights of the epoch
     with the lowest `pop_risk` among those it counted (Keras restores them
-    at the end of training, stopped or not). List it after the
+    at the end of training, stopped or not); `best_epoch` is that epoch
+    (0-based), or the last epoch trained when none was counted (the model
+    then keeps its latest weights). List it after the
     `PopulationRiskEstimate` in `callbacks=`.
 
     Args:
@@ -677,6 +679,16 @@ class ValidationFreeStopping(keras.callbacks.EarlyStopping):
                 "PopulationRiskEstimate before it in `callbacks=`. Logs hold: "
                 f"{sorted(logs)}."
             )
+        self._last_epoch = epoch
         if logs["pop_risk_ready"] < 0.5:
             return
         super().on_epoch_end(epoch, logs)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._last_epoch = None
+
+    def on_train_end(self, logs=None):
+        if self.best is None and self._last_epoch is not None:
+            self.best_epoch = self._last_epoch  # nothing counted: the latest weights stay
+        super().on_train_end(logs)

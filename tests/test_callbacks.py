@@ -284,6 +284,16 @@ def test_validation_free_stopping_is_early_stopping_counted_from_ready():
         np.testing.assert_array_equal(got, want)
 
 
+def test_validation_free_stopping_never_ready_keeps_the_latest_epoch():
+    x, y = _classifier_data()
+    model = _classifier()
+    stopper = keras_snr.ValidationFreeStopping(patience=1)
+    history = model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[
+        keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x), stopper]).history
+    assert history["pop_risk_ready"] == [0.0, 0.0, 0.0]  # window 5 needs more epochs
+    assert stopper.best_epoch == 2 and stopper.stopped_epoch == 0
+
+
 def test_validation_free_stopping_needs_the_estimate():
     model = _model()
     with pytest.raises(ValueError, match="list a\\s+PopulationRiskEstimate before it"):
