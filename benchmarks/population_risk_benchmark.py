@@ -51,6 +51,10 @@ Usage (JAX, one thread per process; resumable, one JSON per run):
     # the committed runs: benchmarks/results/population_risk_{design,heldout}_runs.json.gz
     python benchmarks/population_risk_benchmark.py --set heldout --seeds 3 --score-only \\
         --raw benchmarks/results/population_risk_heldout_runs.json.gz --out /tmp/pr
+    # both sets in one report (what benchmarks/results/population_risk.md is):
+    python benchmarks/population_risk_benchmark.py --set all --seeds 3 --score-only \\
+        --raw benchmarks/results/population_risk_design_runs.json.gz \\
+        benchmarks/results/population_risk_heldout_runs.json.gz --out /tmp/pr
     python benchmarks/population_risk_benchmark.py --quick --tasks gen:0 \\
         --raw /tmp/x --out /tmp/x/pr     # toy size, ~30 s
 """
@@ -74,6 +78,7 @@ SETS = {
     "design": [f"gen:{i}" for i in range(24)] + [f"seven:{t}" for t in SEVEN],
     "heldout": [f"gen:{i}" for i in range(1000, 1024)] + [f"real:{t}" for t in REAL],
 }
+SETS["all"] = SETS["design"] + SETS["heldout"]
 
 
 def make_task(name, seed, quick):
@@ -122,12 +127,13 @@ def collect(args):
 
     from pop_risk import runs as R
 
-    os.makedirs(args.raw, exist_ok=True)
+    raw = args.raw[0]
+    os.makedirs(raw, exist_ok=True)
     todo = run_list(args.tasks, args.dynamics, args.seed_list)
     i, k = (int(x) for x in args.shard.split("/"))
     # shard by (task, seed, dynamics), so that each shard gets full and holdout runs
     for kind, task, dyn, seed in [r for j, r in enumerate(todo) if (j // 2) % k == i]:
-        path = raw_path(args.raw, kind, task, dyn, seed, args.quick)
+        path = raw_path(raw, kind, task, dyn, seed, args.quick)
         if os.path.exists(path):
             continue
         t0 = time.time()
@@ -148,9 +154,17 @@ def collect(args):
               f"{time.time() - t0:.1f}s", flush=True)
 
 
-def load_runs(raw, tasks, dynamics, seeds, quick):
-    """The recorded runs, from the per-run JSON files under `raw` or from a
-    bundle of them (`raw` ending in .json.gz, written by --bundle)."""
+def load_runs(raws, tasks, dynamics, seeds, quick):
+    """The recorded runs, from the per-run JSON files under each of `raws`
+    or from bundles of them (a path ending in .json.gz, written by
+    --bundle); a run found in several sources is taken from the first."""
+    out = {}
+    for raw in reversed(raws):
+        out.update(_load_runs(raw, tasks, dynamics, seeds, quick))
+    return out
+
+
+def _load_runs(raw, tasks, dynamics, seeds, quick):
     out = {}
     if raw.endswith(".json.gz"):
         import gzip
@@ -178,7 +192,9 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--dynamics", nargs="*", default=list(DYNAMICS), choices=list(DYNAMICS))
     parser.add_argument("--quick", action="store_true", help="toy size: few examples and epochs")
-    parser.add_argument("--raw", default="/tmp/poprisk3/raw", help="per-run JSON records")
+    parser.add_argument("--raw", nargs="+", default=["/tmp/poprisk3/raw"],
+                        help="per-run JSON records: a folder (the first one is where runs "
+                        "are recorded) or a bundle (.json.gz); several are merged for scoring")
     parser.add_argument("--arrays", action="store_true",
                         help="also save per-example predictions and losses (design)")
     parser.add_argument("--shard", default="0/1", help="i/k: run every k-th run from i")

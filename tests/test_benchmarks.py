@@ -16,10 +16,12 @@ packages `benchmarks/tasks/` and `benchmarks/pop_risk/`) or reads
 """
 
 import glob
+import gzip
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -120,16 +122,27 @@ def test_population_risk_benchmark_runs_at_toy_size(tmp_path):
             assert math.isfinite(seed["rules"][rule]["quality"]), rule
         # the library's logged estimate vs its offline float64 replica
         assert seed["estimate"]["agreement_max_rel"] < 1e-5, seed["estimate"]
-    # scoring the bundle again gives the same report
-    again = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "population_risk_benchmark.py"), "--quick",
-         "--tasks", "gen:0", "real:diabetes", "--raw", str(tmp_path / "runs.json.gz"),
-         "--score-only", "--out", str(tmp_path / "again")],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert (json.loads((tmp_path / "again.json").read_text())["cells"]
-            == report["cells"])
+    # scoring the bundle again gives the same report, and so does scoring
+    # half the runs from the folder merged with the other half from a bundle
+    bundle = tmp_path / "runs.json.gz"
+    with gzip.open(bundle, "rt") as f:
+        runs = json.load(f)
+    half = tmp_path / "half.json.gz"
+    with gzip.open(half, "wt") as f:
+        json.dump({k: v for k, v in runs.items() if "gen:0" in k}, f)
+    only_diabetes = tmp_path / "only_diabetes"
+    only_diabetes.mkdir()
+    for path in (tmp_path / "raw").glob("*diabetes*.json"):
+        shutil.copy(path, only_diabetes)
+    for name, sources in (("again", [bundle]), ("merged", [only_diabetes, half])):
+        again = subprocess.run(
+            [sys.executable, os.path.join(BENCHMARKS, "population_risk_benchmark.py"),
+             "--quick", "--tasks", "gen:0", "real:diabetes", "--raw", *map(str, sources),
+             "--score-only", "--out", str(tmp_path / name)],
+            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads((tmp_path / f"{name}.json").read_text())["cells"] == report["cells"]
 
 
 PRIVATE_STATE = re.compile(
