@@ -267,7 +267,32 @@ and on seven hand-made tasks, under Adam dynamics and the SNR gate. The
 recipe was chosen on a design set of tasks and then scored on held-out
 tasks drawn after the choice was committed.
 
-BENCHMARK_SUMMARY
+The recipe, its constants and the scoring were committed before the
+held-out tasks were first run. On the 44 held-out label-noise cells (22
+tasks x 2 dynamics, 3 seeds each), mean clean test accuracy of the weights
+kept:
+
+| how training stopped | data used | Adam dynamics | SNR gate |
+| --- | --- | --- | --- |
+| trained to the end | 100 % | 68.3 % | 68.3 % |
+| this recipe | 100 % | 70.8 % | 71.1 % |
+| 20 % holdout, `EarlyStopping` on `val_accuracy` | 80 % | 70.4 % | 70.0 % |
+| the holdout's epoch count, retrained on all data | 100 %, 2x cost | 71.7 % | 70.9 % |
+| Label Wave (stop at the first minimum of prediction changes) | 100 % | 68.0 % | 68.5 % |
+| best epoch on clean test data (unreachable) | 100 % | 74.0 % | 73.6 % |
+
+So on average the recipe matched holding out 20 % (+0.8 points) and beat
+Label Wave alone (+2.7), but task by task it was at least the holdout on
+only 52 % of cells (the target was 80 %), and on 13 of 56 held-out cells
+(regression and noise-free tasks included) it was more than 2 % worse than
+training to the end on some seed (the holdout split: 19). On regression
+(8 cells) it reached a held-out loss of 0.256 against 0.259 for the
+holdout and 0.321 at the end; on noise-free classification (4 cells) it
+lost accuracy (94.8 % against 97.8 % at the end). `pop_risk_estimate`
+itself is a poor estimate of the held-out loss (Spearman >= 0.9 on 21 % of
+cells, mean absolute relative error 2.15): use it to stop, not as a
+number. Every cell, the design set and the sensitivity of the anchors are
+in `benchmarks/results/population_risk.md`.
 
 ## When not to trust it
 
