@@ -156,6 +156,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
 
     - `pop_risk_estimate`: an estimate of the loss on unseen data drawn
       like the training data (labels noisy in the same way), `loss + G`.
+      A stopping signal more than a number: on the held-out tasks of the
+      benchmark it followed the held-out loss's ups and downs (Spearman
+      >= 0.9) on 21 % of them, with a mean absolute relative error of 2.15.
     - `pop_risk`: what to monitor. `pop_risk_estimate` while it is trusted
       (`pop_risk_reliable` = 1); after that a value just below every
       `pop_risk` logged before (1e-6 relative), so that an `EarlyStopping`
