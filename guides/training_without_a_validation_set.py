@@ -61,8 +61,8 @@ parser = argparse.ArgumentParser(
     description="Stop training on noisy labels without a validation set "
     "(keras_snr.PopulationRiskEstimate + ValidationFreeStopping), side by side "
     "with a 20 %% holdout split. Full run: six trainings of a small MLP on 1,000 "
-    "digits, 40 epochs each, about 40-70 s on a 2-core CPU (measured with the "
-    "JAX backend on a 2-core machine shared with other jobs, 2026/12/04; "
+    "digits, 40 epochs each, about 30-70 s on a 2-core CPU (measured with the "
+    "JAX backend, 30 s on an idle 2-core machine and up to 70 s shared with other jobs, 2026/12/04; "
     "TensorFlow and PyTorch were not timed).",
 )
 parser.add_argument(
@@ -102,6 +102,7 @@ order = rng.permutation(len(x))
 n = 1000
 x_train, y_train = x[order[:n]], y_noisy[order[:n]]
 x_test, y_test = x[order[n:]], y_clean[order[n:]]
+y_test_noisy = y_noisy[order[n:]]  # labels as noisy as training: what pop_risk_estimate targets
 batch_size = 32
 epochs = 6 if args.quick else 40
 
@@ -127,16 +128,16 @@ def make_model(gate):
 
 
 class CleanTestCurve(keras.callbacks.Callback):
-    """For the plot only: clean test accuracy and loss after every epoch."""
+    """For the plot only: clean test accuracy, and the test loss with labels
+    as noisy as the training labels, after every epoch."""
 
     def __init__(self):
         super().__init__()
-        self.accuracy, self.loss = [], []
+        self.accuracy, self.noisy_loss = [], []
 
     def on_epoch_end(self, epoch, logs=None):
-        loss, accuracy = self.model.evaluate(x_test, y_test, verbose=0)
-        self.loss.append(loss)
-        self.accuracy.append(accuracy)
+        self.accuracy.append(self.model.evaluate(x_test, y_test, verbose=0)[1])
+        self.noisy_loss.append(self.model.evaluate(x_test, y_test_noisy, verbose=0)[0])
 
 
 """
@@ -220,8 +221,18 @@ for name, run in rows.items():
     print(f"{name:34s} {adam:.3f}          {run('snr'):.3f}")
 
 """
-A curve shows why the recipe waits: the estimate against the held-out loss
-it never saw, the prediction changes and `pop_risk_ready`, and clean test
+On this task and seed (JAX, 2026-12-04) the holdout split kept slightly
+better weights than the recipe (0.946 and 0.956 against 0.941 and 0.942,
+Adam dynamics and SNR gate), and both far better ones than training to the
+end (0.861 and 0.893): the recipe gave up its 20 % more data for a later,
+noisier choice of epoch. One task and one seed say little either way; the
+last section gives the benchmark.
+"""
+
+"""
+A curve shows why the recipe waits: the estimate against the test loss
+with labels as noisy as the training labels (what it estimates; never seen
+by the callbacks), the prediction changes and `pop_risk_ready`, and clean test
 accuracy with the epoch the recipe kept.
 """
 
@@ -234,7 +245,7 @@ axis = np.arange(1, len(h["loss"]) + 1)
 fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.8))
 left.plot(axis, h["loss"], color="0.6", label="training loss (noisy labels)")
 left.plot(axis, h["pop_risk_estimate"], label="pop_risk_estimate")
-left.plot(axis, curve.loss, "--", label="clean test loss (never seen)")
+left.plot(axis, curve.noisy_loss, "--", label="test loss, noisy labels (never seen)")
 left.set_xlabel("epoch")
 left.set_title("loss")
 left.legend(fontsize=7)
@@ -254,6 +265,15 @@ fig.tight_layout()
 figure_path = os.path.join(out_dir, "stopping_without_validation.png")
 fig.savefig(figure_path, dpi=100)
 print(f"wrote {figure_path}")
+
+"""
+In this run (JAX, seed 0) `pop_risk_estimate` has its minimum at epoch 4,
+within the noisy test loss's flat bottom (epochs 4-13), but then climbs to
+about twice the value it estimates by epoch 21: as a number it is poor here,
+as it was across the benchmark. The recipe does not need the value, only
+the turn, and it starts counting only once the prediction changes have
+turned (epoch 11).
+"""
 
 """
 ## What the benchmark measured
