@@ -379,6 +379,19 @@ def headline(part, summ):
             k, digits = (100, 1) if g != "R" else (1, 3)
             row.append(f"{k * np.mean(vals):.{digits}f} [{bad}]")
         lines.append(f"| {RULE_NAMES[r]} | " + " | ".join(row) + " |")
+    ccols = [(g, d) for g, d in cols if g != "R"]
+    if ccols:
+        lines += ["", "Classification cells, held-out loss (labels as noisy as in training) "
+                  "of the weights each rule kept, mean over cells:", "",
+                  "| rule | " + " | ".join(f"{names[g]}, {d}" for g, d in ccols) + " |",
+                  "| --- |" + " --- |" * len(ccols)]
+        for r in RULES:
+            row = []
+            for g, d in ccols:
+                vals = [cell_mean(c, r, "heldout") for c in part
+                        if c["group"] == g and c["dynamics"] == d]
+                row.append(f"{np.mean(vals):.3f}" if all(np.isfinite(vals)) else "-")
+            lines.append(f"| {RULE_NAMES[r]} | " + " | ".join(row) + " |")
     return lines + [""]
 
 
