@@ -26,6 +26,8 @@ import math
 import keras
 import numpy as np
 
+from .tasks import _PositionEmbedding  # the learned position table the seven tasks use
+
 N_TEST = 2000  # held-out examples per task (noisy and clean labels on the same inputs)
 
 
@@ -204,15 +206,6 @@ def _noisy_labels(rng, spec, clean):
 
 
 # ------------------------------------------------------------------ models
-
-
-class _PositionEmbedding(keras.layers.Layer):
-    def build(self, input_shape):
-        self.table = self.add_weight(shape=input_shape[1:], initializer="random_normal",
-                                     name="table")
-
-    def call(self, x):
-        return x + self.table
 
 
 def _build(spec, input_shape):
