@@ -361,8 +361,8 @@ def headline(part, summ):
             if any(c["group"] == g and c["dynamics"] == d for c in part)]
     names = {"LN": "label noise", "C": "no noise, classif.", "R": "regression"}
     lines += ["Mean over cells (clean accuracy %, regression: held-out loss); "
-              "in brackets the cells more than 2 % worse than training to the end on "
-              "some seed:", "",
+              f"in brackets the cells more than {100 * SAFE:.0f} % worse than training to "
+              "the end on some seed:", "",
               "| rule | " + " | ".join(f"{names[g]}, {d} ({sum(1 for c in part if c['group'] == g and c['dynamics'] == d)})"
                                      for g, d in cols) + " |",
               "| --- |" + " --- |" * len(cols)]
