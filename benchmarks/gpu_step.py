@@ -18,12 +18,18 @@ rate:
 - `keras Adam`: `keras.optimizers.Adam(weight_decay=wd)` (i.e. AdamW).
 - `SNRAdam <gate> <reduction>` for every gate (snr, soft, hard, None) and
   reduction (elementwise, per_tensor).
-- torch only: `SNRAdam snr elementwise, generic path` (the per-variable
-  `update_step` that Keras runs for any optimizer subclass;
-  `fused=False`); a hand-written in-place SNR-Adam step under
-  `torch.compile` (what a fused kernel achieves); and
+- torch only: `SNRAdam snr elementwise, foreach kernels` (the eager
+  multi-tensor update, `KERAS_SNR_TORCH_COMPILE=0`; where `fused=True` does
+  not compile, the SNRAdam arms run this too); `SNRAdam snr elementwise,
+  generic path` (the per-variable `update_step` that Keras runs for any
+  optimizer subclass; `fused=False`); a hand-written in-place SNR-Adam step
+  under `torch.compile` (what a fused kernel achieves); and
   `torch.optim.AdamW(fused=True)` (falls back to `foreach=True` where fused
-  is unsupported; the table says which).
+  is unsupported; the table says which). On CUDA, `fused=True` compiles the
+  update (`--torch-compile-cpu` does so on the CPU too): the table gives
+  each arm's first step (compiling included) and how the update ran, and the
+  JSON how many graphs dynamo compiled during the timed steps (0: no
+  recompilation).
 - JAX only: a hand-written `jax.jit` SNR-Adam step in two forms (`g - m` from the old
   momentum, which makes XLA copy the donated momentum buffer, and from the
   new one); and `optax.adamw`, jitted with its state and parameters donated.
@@ -142,6 +148,9 @@ def parse_args(argv=None):
                         "keep freed memory (MALLOC_MMAP_THRESHOLD_ etc.). On CPU, "
                         "torch's parameter-sized temporaries are otherwise mmapped "
                         "and unmapped every step, and page faults dominate")
+    p.add_argument("--torch-compile-cpu", action="store_true",
+                   help="torch on CPU: let SNRAdam(fused=True) compile its update "
+                        "there too (by default it compiles on CUDA only)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -175,6 +184,10 @@ def arm_specs(backend):
                          {"gate": gate, "reduction": reduction})
     snr = BYTES_PER_PARAM["snr"]
     if backend == "torch":
+        arms["snr_foreach"] = (
+            "SNRAdam snr elementwise, foreach kernels (compiling off)", snr, "keras",
+            {"gate": "snr", "reduction": "elementwise", "no_compile": True},
+        )
         arms["snr_generic"] = (
             "SNRAdam snr elementwise, generic path", snr, "keras",
             {"gate": "snr", "reduction": "elementwise", "generic": True},
@@ -337,6 +350,12 @@ class JaxBench:
     def release(self):
         gc.collect()
 
+    def graphs_compiled(self):
+        return None
+
+    def how_it_ran(self, state):
+        return None
+
 
 def _raw_jax_snr_adam(args, no_copy, b1=0.9, b2=0.999, rho=0.99, eps=1e-8):
     """Hand-written SNR-Adam (snr gate, elementwise) over lists of arrays."""
@@ -458,13 +477,34 @@ class TorchBench:
         opt = make_keras_optimizer(options, args)
         variables = [keras.Variable(w) for w in self.random(shapes, args.seed + 1, 0.02)]
         opt.build(variables)
+        no_compile = options.get("no_compile")
 
         def step():
-            with torch.no_grad():
-                opt.apply(grads, variables)
+            if no_compile:  # read by keras_snr at every step
+                os.environ["KERAS_SNR_TORCH_COMPILE"] = "0"
+            try:
+                with torch.no_grad():
+                    opt.apply(grads, variables)
+            finally:
+                if no_compile:
+                    os.environ.pop("KERAS_SNR_TORCH_COMPILE", None)
             finish()
 
         return step, {"variables": variables, "optimizer": opt}
+
+    def graphs_compiled(self):
+        """Graphs dynamo has compiled in this process so far."""
+        return int(self.torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+    def how_it_ran(self, state):
+        opt = state.get("optimizer") if state else None
+        if opt is None or not hasattr(opt, "alpha"):
+            return None
+        if not opt.fused:
+            return "generic"
+        from keras_snr import _torch_fast_path
+
+        return _torch_fast_path.compile_status(opt)
 
     def release(self):
         gc.collect()
@@ -554,14 +594,21 @@ def run_size(bench, arms, total, args, log):
         f"{'interleaved' if interleave else 'one arm at a time'}")
 
     times = {key: [] for key in arms}
+    recompiled = {}  # graphs compiled during the timed steps (torch; all arms when interleaved)
     rng = random.Random(args.seed)
     errors = {}
+    first_step = {}  # seconds of each arm's first step (compiling included)
+    how = {}  # how an SNRAdam arm's update ran (torch: compiled / eager / generic)
 
     def build_and_warm(key, kind, opts):
         try:
             step, state = bench.build(kind, opts, shapes, grads)
-            for _ in range(args.warmup):
+            for i in range(args.warmup):
+                t0 = time.perf_counter()
                 step()
+                if i == 0:
+                    first_step[key] = time.perf_counter() - t0
+            how[key] = bench.how_it_ran(state)
             return step, state
         except Exception as e:  # report the arm as failed, keep going
             errors[key] = f"{type(e).__name__}: {e}"[:500]
@@ -580,10 +627,12 @@ def run_size(bench, arms, total, args, log):
             log(f"  built+warmed {key} in {time.perf_counter() - t0:.1f} s")
         per_round = max(1, math.ceil(args.steps / args.rounds))
         order = list(steppers)
+        graphs_before = bench.graphs_compiled()
         for _ in range(args.rounds):
             rng.shuffle(order)
             for key in order:
                 times[key] += timed(steppers[key][0], per_round)
+        recompiled = dict.fromkeys(arms, _difference(bench.graphs_compiled(), graphs_before))
         del steppers
         bench.release()
     else:
@@ -592,7 +641,11 @@ def run_size(bench, arms, total, args, log):
             step, state = build_and_warm(key, kind, opts)
             if step is None:
                 continue
+            graphs_before = bench.graphs_compiled()
             times[key] = timed(step, args.steps)
+            recompiled[key] = _difference(bench.graphs_compiled(), graphs_before)
+            if recompiled[key]:
+                log(f"  {key}: {recompiled[key]} graph(s) compiled during the timed steps")
             del step, state
             bench.release()
             log(f"  {key}: {1e3 * median(times[key]):.3f} ms "
@@ -624,12 +677,19 @@ def run_size(bench, arms, total, args, log):
             "ms_p90": 1e3 * quantile(t, 0.9),
             "gb_per_s": bpp * n / med / 1e9,
             "interleaved": interleave,
+            "first_step_s": first_step.get(key),
+            "how_it_ran": how.get(key),
+            "graphs_compiled_while_timing": recompiled.get(key),
         })
     adam = next((r["ms_median"] for r in rows if r["arm"] == "keras_adam"), None)
     for r in rows:
         ok = adam and r["ms_median"] is not None
         r["ratio_to_keras_adam"] = r["ms_median"] / adam if ok else None
     return rows
+
+
+def _difference(after, before):
+    return None if after is None or before is None else after - before
 
 
 def run_backend(args, log, on_progress=None):
@@ -644,6 +704,10 @@ def run_backend(args, log, on_progress=None):
             f"--backend {args.backend} but Keras loaded the {backend} backend; "
             f"set KERAS_BACKEND={args.backend}"
         )
+    if backend == "torch" and args.torch_compile_cpu:
+        from keras_snr import _torch_fast_path
+
+        _torch_fast_path.COMPILE_DEVICES = ("cuda", "cpu")
     bench = (JaxBench if backend == "jax" else TorchBench)(args)
     bench.name = backend
     arms = arm_specs(backend)
@@ -670,25 +734,32 @@ def default_sizes(args, on_gpu):
 def table(results):
     lines = [
         "| backend | device | params | step | ms/step (median) | p10-p90 ms "
-        "| B/param | GB/s | / keras Adam |",
-        "|" + " --- |" * 9,
+        "| B/param | GB/s | / keras Adam | / torch AdamW fused | first step s | ran as |",
+        "|" + " --- |" * 12,
     ]
     for res in results:
         meta = res["meta"]
+        fused = {r["params"]: r["ms_median"] for r in res["rows"]
+                 if r["arm"] == "torch_adamw" and r["ms_median"]}
         for r in res["rows"]:
             ratio = r["ratio_to_keras_adam"]
             if r["ms_median"] is None:
                 lines.append(
                     f"| {r['backend']} | {meta['device']} | {size_label(r['params'])} "
-                    f"| {r['title']} | failed: {r['error'][:80]} | | {r['bytes_per_param']} | | |"
+                    f"| {r['title']} | failed: {r['error'][:80]} | | {r['bytes_per_param']} "
+                    "| | | | | |"
                 )
                 continue
             ratio = ratio or float("nan")
+            to_fused = (f"{r['ms_median'] / fused[r['params']]:.2f}x"
+                        if r["params"] in fused else "")
+            first = r.get("first_step_s")
             lines.append(
                 f"| {r['backend']} | {meta['device']} | {size_label(r['params'])} "
                 f"| {r['title']} | {r['ms_median']:.3f} "
                 f"| {r['ms_p10']:.2f}-{r['ms_p90']:.2f} | {r['bytes_per_param']} "
-                f"| {r['gb_per_s']:.1f} | {ratio:.2f}x |"
+                f"| {r['gb_per_s']:.1f} | {ratio:.2f}x | {to_fused} "
+                f"| {'' if first is None else f'{first:.2f}'} | {r.get('how_it_ran') or ''} |"
             )
     steps = sorted({r["steps"] for res in results for r in res["rows"] if r["steps"]})
     modes = sorted({r["interleaved"] for res in results for r in res["rows"]})

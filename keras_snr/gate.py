@@ -26,11 +26,12 @@ def gate(
     - `None`: `q = 1` (a Python float, so that it costs nothing).
 
     Only `+`, `-`, `*`, `/` (and `+=` on temporaries it made) and
-    `xp.relu`/`xp.sign` are used, so the same
-    formula runs on backend tensors (`xp=keras.ops`, the default) and on the
-    torch fast path's lists of tensors (whose `xp` maps the arithmetic to
-    `torch._foreach_*` kernels). Scalars (`alpha`, `softness`, `stabiliser`)
-    may be Python floats or 0-d tensors.
+    `xp.relu`/`xp.sign` are used, with the array always the left operand of
+    `*`, so the same formula runs on backend tensors (`xp=keras.ops`, the
+    default) and on the torch fast path's lists of tensors (whose `xp` maps
+    the arithmetic to `torch._foreach_*` kernels), eagerly and under
+    `torch.compile`. Scalars (`alpha`, `softness`, `stabiliser`) may be
+    Python floats or 0-d tensors.
 
     Args:
         signal: Squared bias-corrected momentum `m_hat**2` (or a quantity
@@ -56,16 +57,16 @@ def gate(
     if kind == "snr":
         # signal / (signal + lam * alpha * noise + e), summed in place so
         # that the torch fast path allocates one temporary, not three.
-        denominator = (softness * alpha * noise_scale) * noise
+        denominator = noise * (softness * alpha * noise_scale)
         denominator += signal
         denominator += stabiliser
         return signal / denominator
-    excess = signal - (alpha * noise_scale) * noise
+    excess = signal - noise * (alpha * noise_scale)
     if kind == "hard":
         return xp.relu(xp.sign(excess))  # 1 where excess > 0, else 0
     if kind == "soft":
         excess = xp.relu(excess)
-        denominator = (softness * noise_scale) * noise
+        denominator = noise * (softness * noise_scale)
         denominator += excess
         denominator += stabiliser
         return excess / denominator

@@ -1,6 +1,8 @@
 """SNRAdam against the NumPy reference, and its contract (arguments, slots)."""
 
+import contextlib
 import itertools
+import warnings
 import zlib
 
 import keras
@@ -36,20 +38,70 @@ GRID = (
 )
 # On torch: the foreach fast path with host (Python float) per-step scalars,
 # as it runs on CPU; the same with 0-d device-tensor scalars, as it runs on
-# accelerators; and Keras's generic per-variable path.
-PATHS = ["fast", "fast-device-scalars", "generic"] if BACKEND == "torch" else ["default"]
+# accelerators; the same update under torch.compile, as it runs on CUDA
+# ("compiled-graph": traced by dynamo and AOTAutograd but run without
+# Inductor's code generation, which costs seconds per graph on this CPU;
+# "compiled": Inductor too); and Keras's generic per-variable path.
+PATHS = (
+    ["fast", "fast-device-scalars", "compiled-graph", "generic"]
+    if BACKEND == "torch"
+    else ["default"]
+)
 # On TensorFlow the update is XLA-compiled by default; the free-running
-# trajectory also checks it uncompiled.
-TRAJECTORY_PATHS = PATHS + (["uncompiled"] if BACKEND == "tensorflow" else [])
+# trajectory also checks it uncompiled. On torch it also runs Inductor.
+TRAJECTORY_PATHS = PATHS + {"tensorflow": ["uncompiled"], "torch": ["compiled"]}.get(BACKEND, [])
 
 
 @pytest.fixture(autouse=True)
 def _select_torch_path(request, monkeypatch):
     callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("path") == "fast-device-scalars":
+    path = callspec.params.get("path") if callspec is not None else None
+    if path == "fast-device-scalars":
         from keras_snr import _torch_fast_path
 
         monkeypatch.setattr(_torch_fast_path, "HOST_SCALARS_ON_CPU", False)
+    if path in ("compiled", "compiled-graph"):
+        with compiled_torch_update(monkeypatch, "inductor" if path == "compiled" else "aot_eager"):
+            yield
+        return
+    yield
+
+
+@contextlib.contextmanager
+def compiled_torch_update(monkeypatch, backend, min_size=4):
+    """Run `fused=True` on torch compiled on this CPU with `backend`, for
+    variables of at least `min_size` elements (the others eagerly, as
+    always: SHAPES has one of each); fail if the update fell back to eager
+    kernels, compiled nothing, or compiled anything after an optimizer's
+    first step."""
+    import torch
+
+    from keras_snr import _torch_fast_path
+
+    monkeypatch.setattr(_torch_fast_path, "COMPILE_DEVICES", ("cpu",))
+    monkeypatch.setattr(_torch_fast_path, "COMPILE_BACKEND", backend)
+    monkeypatch.setattr(_torch_fast_path, "COMPILE_MIN_SIZE", min_size)
+    run_compiled = _torch_fast_path._run_compiled
+    stepped = set()  # compiled functions past their first step
+
+    def checked(compiled, *args):
+        before = counters["stats"]["unique_graphs"]
+        result = run_compiled(compiled, *args)
+        after = counters["stats"]["unique_graphs"]
+        assert id(compiled) not in stepped or after == before, "recompiled after step 1"
+        stepped.add(id(compiled))
+        return result
+
+    monkeypatch.setattr(_torch_fast_path, "_run_compiled", checked)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="SNRAdam: compiling")
+        yield
+    compiled = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    assert compiled >= 1, "nothing was compiled"
 
 
 def _config_id(c):
@@ -118,9 +170,20 @@ def _reference_for(config, weight_decay):
     return ReferenceSNRAdam(learning_rate=LR, weight_decay=weight_decay, **config)
 
 
-@pytest.mark.parametrize("path", PATHS)
+def _grid_paths(config):
+    # Each compile costs about a second here: the compiled path runs every
+    # gate and reduction, and the variations of alpha and softness (which
+    # change constants in the graph, not its form) run on the other paths.
+    if config.get("alpha") == 0.3 and config.get("softness", 1.0) == 1.0 or config["gate"] is None:
+        return PATHS
+    return [p for p in PATHS if p != "compiled-graph"]
+
+
+@pytest.mark.parametrize(
+    "config, path",
+    [pytest.param(c, p, id=f"{_config_id(c)}-{p}") for c in GRID for p in _grid_paths(c)],
+)
 @pytest.mark.parametrize("weight_decay", [0.1, None], ids=["wd", "nowd"])
-@pytest.mark.parametrize("config", GRID, ids=_config_id)
 def test_matches_numpy_reference(config, weight_decay, path):
     """Every step, from the same state, equals the reference to 1e-6 relative.
 
@@ -428,3 +491,121 @@ def test_torch_fast_path_reads_value_when_private_attribute_is_gone():
     assert _torch_fast_path._tensor(Public()) is Public.value
     variable = keras.Variable(np.ones(3, "float32"))
     assert _torch_fast_path._tensor(variable) is variable.value
+
+
+# ------------------------------------------- the compiled torch update
+
+
+def _run_steps(optimizer, steps=4, seed=0):
+    rng = np.random.default_rng(seed)
+    variables = [
+        keras.Variable(rng.normal(size=s).astype("float32"), name=n) for s, n in zip(SHAPES, NAMES)
+    ]
+    for grads in _gradients(rng, steps):
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+    return [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+def _decaying(**kwargs):
+    optimizer = SNRAdam(**{"learning_rate": LR, "weight_decay": 0.1, **kwargs})
+    optimizer.exclude_from_weight_decay(var_names=["nodecay"])
+    return optimizer
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch fast path")
+def test_torch_compiled_update_not_recompiled_by_lr_schedule(monkeypatch):
+    """A learning-rate schedule changes the rate every step without a
+    recompile; the result equals the eager kernels'."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(LR, decay_steps=1, decay_rate=0.5)
+    with compiled_torch_update(monkeypatch, "aot_eager"):
+        compiled = _run_steps(_decaying(learning_rate=schedule), steps=6)
+    eager = _run_steps(_decaying(learning_rate=schedule), steps=6)
+    for a, b in zip(compiled, eager):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch fast path")
+@pytest.mark.parametrize("where", ["torch.compile", "first call"])
+def test_torch_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, where):
+    import torch
+
+    from keras_snr import _torch_fast_path
+
+    monkeypatch.setattr(_torch_fast_path, "COMPILE_DEVICES", ("cpu",))
+    monkeypatch.setattr(_torch_fast_path, "COMPILE_MIN_SIZE", 1)
+
+    def broken(*args, **kwargs):
+        if where == "torch.compile":
+            raise RuntimeError("no compiler here")
+
+        def fails(*a, **k):
+            raise RuntimeError("no compiler here")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken)
+    optimizer = _decaying()
+    with pytest.warns(RuntimeWarning, match=r"compiling the fused torch update failed \(RuntimeError: no compiler here\)") as record:
+        got = _run_steps(optimizer)
+    assert len([w for w in record if "compiling" in str(w.message)]) == 1
+    assert _torch_fast_path.compile_status(optimizer).startswith("eager (compiling failed")
+    monkeypatch.setattr(_torch_fast_path, "COMPILE_DEVICES", ())
+    want = _run_steps(_decaying())
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch fast path")
+def test_torch_compile_turned_off_by_environment(monkeypatch):
+    import torch
+
+    from keras_snr import _torch_fast_path
+
+    monkeypatch.setattr(_torch_fast_path, "COMPILE_DEVICES", ("cpu",))
+    monkeypatch.setenv("KERAS_SNR_TORCH_COMPILE", "0")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled"))
+    optimizer = _decaying()
+    _run_steps(optimizer, steps=2)
+    assert _torch_fast_path.compile_status(optimizer) == "eager"
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch fast path")
+def test_torch_weight_decay_when_fast_path_does_not_apply():
+    """`fused=True` leaves the weight decay to the fast path; where that path
+    does not run (variables of two dtypes), Keras's own decay still runs."""
+    rng = np.random.default_rng(0)
+    initial = [rng.normal(size=(4, 3)), rng.normal(size=(3,))]
+    results = []
+    for fused in (True, False):
+        variables = [
+            keras.Variable(initial[0].astype("float32")),
+            keras.Variable(initial[1].astype("float64"), dtype="float64"),
+        ]
+        optimizer = SNRAdam(learning_rate=0.1, weight_decay=0.5, fused=fused)
+        grads = [np.zeros((4, 3), "float32"), np.zeros((3,), "float64")]
+        for _ in range(3):
+            optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+        results.append([keras.ops.convert_to_numpy(v) for v in variables])
+    for a, b, w in zip(*results, initial):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, w * (1 - 0.05) ** 3, rtol=1e-6)  # decay only
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch fast path")
+def test_torch_compiled_update_per_optimizer_beyond_dynamo_recompile_limit(monkeypatch):
+    """More optimizers in one process than dynamo compiles one function for
+    (8): each still compiles its own update once and none falls back."""
+    import torch
+
+    from keras_snr import _torch_fast_path
+
+    limit = torch._dynamo.config.recompile_limit
+    with compiled_torch_update(monkeypatch, "eager", min_size=1):
+        optimizers = []
+        for i in range(limit + 2):
+            variable = keras.Variable(np.ones((i + 1, 2), "float32"))
+            optimizer = SNRAdam(alpha=0.1 * (i + 1))
+            for _ in range(2):
+                optimizer.apply([keras.ops.ones((i + 1, 2))], [variable])
+            optimizers.append(optimizer)
+        assert [_torch_fast_path.compile_status(o) for o in optimizers] == ["compiled"] * (limit + 2)
