@@ -2,7 +2,7 @@
 
 Trains the same model without a callback, with `GateLogger`, with
 `PopulationRiskEstimate` alone and with the recommended recipe
-(`PopulationRiskEstimate(x_train=...)` + `ValidationFreeStopping`, whose
+(`PopulationRiskEstimate(x_train=..., y_train=...)` + `ValidationFreeStopping`, whose
 patience is set so that it never stops here), interleaving the arms over
 several rounds; prints the median wall time per epoch and its ratio to the
 arm without a callback. The first epoch of every fit (compilation) is
@@ -99,7 +99,8 @@ def main():
         if arm == "pop_risk":
             return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch)]
         if arm == "recipe":
-            return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch, x_train=x),
+            return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch, x_train=x,
+                                                     y_train=y),
                     keras_snr.ValidationFreeStopping(patience=10_000)]
         return []
 

@@ -43,6 +43,18 @@ every validation-free rule, the oracle and retrain-on-all are replayed,
 and one on 80 % with the other 20 % held out (the holdout anchor).
 Scoring is in `pop_risk/score.py`.
 
+v4 (issue 20; `--set v4`, scored by `pop_risk/score_v4.py`, whose
+docstring holds the rule, the targets and what was fixed before the first
+v4 held-out run): generator seeds 2000-2029 (a wider distribution, see
+`pop_risk/generator.py`) and the real datasets fair_sym25, randhie and
+mnist1d_sym40; seeds 0-2, both dynamics. Its design set is everything above.
+
+    python benchmarks/population_risk_benchmark.py --set v4 --seeds 3 \
+        --raw /tmp/poprisk4/raw --record-only --shard 0/2   # and 1/2
+    python benchmarks/population_risk_benchmark.py --set v4all --seeds 3 --score-only \
+        --raw /tmp/poprisk4/raw benchmarks/results/population_risk_design_runs.json.gz \
+        benchmarks/results/population_risk_heldout_runs.json.gz --out /tmp/pr4
+
 Usage (JAX, one thread per process; resumable, one JSON per run):
     python benchmarks/population_risk_benchmark.py --set design --seeds 2 \\
         --raw /tmp/poprisk3/raw --record-only --shard 0/2   # and 1/2
@@ -74,11 +86,16 @@ DYNAMICS = {"adam": None, "snr": "snr"}
 SEVEN = ("noisy_digits", "teacher_student", "modular_addition", "noisy_image",
          "digits_cnn", "markov_lm", "grokking")
 REAL = ("mnist1d_sym30", "mnist1d_pair20", "breast_cancer_sym20", "diabetes")
+V4_REAL = ("fair_sym25", "randhie", "mnist1d_sym40")
 SETS = {
     "design": [f"gen:{i}" for i in range(24)] + [f"seven:{t}" for t in SEVEN],
     "heldout": [f"gen:{i}" for i in range(1000, 1024)] + [f"real:{t}" for t in REAL],
+    # v4 (issue 20): fresh generator seeds from a widened distribution and
+    # real datasets v3 did not use; scored by pop_risk/score_v4.py
+    "v4": [f"gen:{i}" for i in range(2000, 2030)] + [f"real:{t}" for t in V4_REAL],
 }
 SETS["all"] = SETS["design"] + SETS["heldout"]
+SETS["v4all"] = SETS["all"] + SETS["v4"]
 
 
 def make_task(name, seed, quick):
@@ -204,6 +221,9 @@ def main():
     parser.add_argument("--out", help="prefix of the outputs: OUT.md, OUT.json")
     parser.add_argument("--bundle", help="also write the loaded runs to this .json.gz "
                         "(score it again with --raw BUNDLE --score-only)")
+    parser.add_argument("--scoring", choices=("v3", "v4"), default=None,
+                        help="pop_risk/score.py (v3) or pop_risk/score_v4.py (v4); "
+                        "default v4 for --set v4 / v4all, else v3")
     args = parser.parse_args()
     if args.tasks is None:
         args.tasks = SETS[args.set or "design"]
@@ -214,6 +234,7 @@ def main():
     if args.record_only:
         return
     from pop_risk import score
+    from pop_risk import score_v4
 
     runs = load_runs(args.raw, args.tasks, args.dynamics, args.seed_list, args.quick)
     if args.bundle:
@@ -221,7 +242,9 @@ def main():
 
         with gzip.open(args.bundle, "wt") as f:
             json.dump({"|".join(map(str, key)): rec for key, rec in runs.items()}, f)
-    score.report(runs, args, command=" ".join(["python", *sys.argv]))
+    scoring = args.scoring or ("v4" if args.set in ("v4", "v4all") else "v3")
+    (score_v4 if scoring == "v4" else score).report(
+        runs, args, command=" ".join(["python", *sys.argv]))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from keras_snr.snr_adam import SNRAdam
 from keras_snr.snr_adam import SNRStatistics
 from keras_snr.snr_adam import finite_dataset_alpha
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SNRAdam",

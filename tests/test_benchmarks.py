@@ -143,6 +143,26 @@ def test_population_risk_benchmark_runs_at_toy_size(tmp_path):
         )
         assert again.returncode == 0, again.stderr[-3000:]
         assert json.loads((tmp_path / f"{name}.json").read_text())["cells"] == report["cells"]
+    # the v4 scoring (issue 20) of the same runs: every rule, the number
+    v4 = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "population_risk_benchmark.py"), "--quick",
+         "--tasks", "gen:0", "real:diabetes", "--raw", str(bundle), "--score-only",
+         "--scoring", "v4", "--out", str(tmp_path / "v4")],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert v4.returncode == 0, v4.stderr[-3000:]
+    report = json.loads((tmp_path / "v4.json").read_text())
+    for cell in report["cells"]:
+        assert cell["recipe_source"] == "library"
+        (seed,) = cell["seeds"]
+        rules = {"never", "oracle", "recipe", "recipe_v3", "holdout_loss", "retrain",
+                 "gradient_disparity"} | ({"label_wave", "holdout_acc"}
+                                          if cell["classification"] else set())
+        assert rules <= set(seed["rules"]), sorted(seed["rules"])
+        for where in ("kept", "end"):
+            number = seed["number"][where]
+            assert math.isfinite(number["rel_error"]) and number["heldout"] > 0
+            assert ("acc_error" in number) == cell["classification"]
 
 
 PRIVATE_STATE = re.compile(

@@ -254,6 +254,7 @@ def test_sample_of_x_train_and_sequence_outputs():
     assert recorder.classes[0].shape == (50, 6)
 
 
+@pytest.mark.filterwarnings("ignore:PopulationRiskEstimate. at epoch")  # may run long enough
 def test_validation_free_stopping_is_early_stopping_counted_from_ready():
     """Replay of Keras's EarlyStopping on the logged pop_risk, counting
     only epochs with pop_risk_ready = 1; the restored weights are those of
@@ -270,9 +271,10 @@ def test_validation_free_stopping_is_early_stopping_counted_from_ready():
     history = model.fit(
         x, y, batch_size=BATCH, epochs=60, verbose=0,
         callbacks=[keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x,
-                                                    label_wave_window=1),
+                                                    label_wave_window=1, wave_rise=0.0),
                    stopper, Weights()],
     ).history
+    assert history["pop_risk_wave"] == history["pop_risk_ready"]  # any rise confirms
     values = [v if r == 1.0 else None for v, r in zip(history["pop_risk"], history["pop_risk_ready"])]
     counted = [i for i, v in enumerate(values) if v is not None]
     assert counted, "pop_risk_ready never turned 1"
@@ -282,6 +284,106 @@ def test_validation_free_stopping_is_early_stopping_counted_from_ready():
         i for i in counted if values[i] == values[best]) >= 3
     for got, want in zip(model.get_weights(), snapshots[best]):
         np.testing.assert_array_equal(got, want)
+
+
+def wave_definition(classes, window, rise, horizon):
+    """Definition of `pop_risk_wave` per epoch: after the first local
+    minimum of the smoothed changes (counts on the sample), a smoothed count
+    at least `rise * sqrt((count at the minimum + 1) / window)` above it
+    within `horizon` epochs."""
+    counts = [np.nan] + [float(np.sum(a != b)) for a, b in zip(classes[1:], classes[:-1])]
+    smooth = [np.mean(counts[e - window + 1:e + 1]) if e >= window else np.nan
+              for e in range(len(counts))]
+    wave, low, on = [], None, False
+    for e in range(len(counts)):
+        if low is None and e > window and smooth[e] > smooth[e - 1]:
+            low = e - 1
+        if low is not None and not on and e - low <= horizon:
+            on = smooth[e] - smooth[low] >= rise * np.sqrt((smooth[low] + 1) / window)
+        wave.append(float(on))
+    return wave
+
+
+@pytest.mark.parametrize("rise", [0.5, 3.0, 1e6])
+def test_wave_against_the_definition(rise):
+    x, y = _classifier_data(n=200, flip=0.4)
+    model = _classifier(lr=0.02)
+    estimate = keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x, label_wave_window=2,
+                                                wave_rise=rise, wave_horizon=4)
+    recorder = PredictionRecorder(x)
+    history = model.fit(x, y, batch_size=BATCH, epochs=25, verbose=0,
+                        callbacks=[estimate, recorder]).history
+    want = wave_definition(recorder.classes, 2, rise, 4)
+    assert history["pop_risk_wave"] == want
+    assert 1.0 in history["pop_risk_ready"]
+    if rise == 0.5:
+        assert 1.0 in want  # it fired inside the run ...
+    if rise == 1e6:
+        assert 1.0 not in want  # ... and a rise it cannot reach never confirms
+
+
+def test_validation_free_stopping_waits_for_the_wave():
+    """EarlyStopping counted from `pop_risk_ready`, whose patience applies
+    only once `pop_risk_wave` is 1: replayed on the logs."""
+    x, y = _classifier_data(n=200, flip=0.4, seed=3)
+    stoppers = {}
+    for rise in (0.0, 1.0, 1e6):
+        model = _classifier(lr=0.02)
+        stopper = keras_snr.ValidationFreeStopping(patience=2)
+        history = model.fit(x, y, batch_size=BATCH, epochs=40, verbose=0, callbacks=[
+            keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x, label_wave_window=2,
+                                             wave_rise=rise, wave_horizon=4),
+            stopper]).history
+        best, best_epoch, wait, stop = None, None, 0, None
+        for e, (v, ready, wave) in enumerate(zip(history["pop_risk"], history["pop_risk_ready"],
+                                                  history["pop_risk_wave"])):
+            if not ready:
+                continue
+            wait += 1
+            if best is None or v < best:
+                best, best_epoch, wait = v, e, 0
+            elif wave and wait >= 2:
+                stop = e
+                break
+        assert stopper.best_epoch == best_epoch, rise
+        assert len(history["loss"]) == (40 if stop is None else stop + 1), rise
+        stoppers[rise] = (stop, history)
+    assert stoppers[0.0][0] is not None  # any rise confirms: stopped early
+    assert stoppers[1e6][0] is None  # no wave: trained to the end
+    assert 1.0 in stoppers[1e6][1]["pop_risk_ready"]
+
+
+def test_heldout_loss_and_accuracy_estimates_are_the_documented_formulas():
+    x, y = _classifier_data(n=200, flip=0.3)
+    model = _classifier()
+    recorder = PredictionRecorder(x[:64])
+    estimate = keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x[:64], y_train=y[:64])
+    history = model.fit(x, y, batch_size=BATCH, epochs=6, verbose=0,
+                        callbacks=[estimate, recorder]).history
+    loss, est = np.array(history["loss"]), np.array(history["pop_risk_estimate"])
+    first = loss[0]
+    np.testing.assert_allclose(history["heldout_loss_low"], loss, rtol=1e-6)
+    np.testing.assert_allclose(history["heldout_loss_high"], np.maximum(first, est), rtol=1e-6)
+    np.testing.assert_allclose(history["heldout_loss_estimate"],
+                               0.5 * (loss + np.minimum(first, est)), rtol=1e-6)
+    acc = np.array([np.mean(c == y[:64]) for c in recorder.classes])
+    low = np.minimum(acc[0], acc)
+    np.testing.assert_allclose(history["heldout_accuracy_high"], acc, rtol=1e-6)
+    np.testing.assert_allclose(history["heldout_accuracy_low"], low, rtol=1e-6)
+    np.testing.assert_allclose(history["heldout_accuracy_estimate"], 0.5 * (low + acc), rtol=1e-6)
+    # without labels there is no accuracy to estimate; a regressor gets the loss keys
+    history = _fit(_model(), [keras_snr.PopulationRiskEstimate(N, BATCH)], epochs=2).history
+    assert "heldout_accuracy_estimate" not in history
+    assert history["pop_risk_wave"] == [1.0, 1.0]
+    assert history["heldout_loss_low"] == history["loss"]
+
+
+def test_y_train_of_another_shape_than_the_predictions():
+    x, y = _classifier_data()
+    callback = keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x,
+                                                y_train=np.zeros((len(x), 2), "int32"))
+    with pytest.raises(ValueError, match=r"labels of shape \(2,\) per example"):
+        _classifier().fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
 
 
 def test_validation_free_stopping_never_ready_keeps_the_latest_epoch():
@@ -568,6 +670,9 @@ def test_resume_with_backup_and_restore_in_a_fresh_process(
         np.testing.assert_allclose(resumed["prediction_changes"],
                                    whole["prediction_changes"][3:], rtol=1e-6)
         assert resumed["pop_risk_ready"] == whole["pop_risk_ready"][3:]
+        assert resumed["pop_risk_wave"] == whole["pop_risk_wave"][3:]
+        np.testing.assert_allclose(resumed["heldout_loss_high"],
+                                   whole["heldout_loss_high"][3:], rtol=1e-5)
     else:
         assert "restarts here" in result.stderr
         assert resumed["pop_risk_reliable"] == [0.0, 0.0, 0.0]
@@ -597,6 +702,14 @@ def test_non_snr_optimizer_raises():
         (dict(dataset_size=10, x_train=(np.zeros((4, 2)), np.zeros((5, 2)))),
          r"all of the same length; received lengths \[4, 5\]"),
         (dict(dataset_size=10, x_train=3.0), "examples along the first axis"),
+        (dict(dataset_size=10, y_train=np.zeros(4, "int32")), "`y_train` is used with `x_train`"),
+        (dict(dataset_size=10, x_train=np.zeros((4, 2)), y_train=np.zeros(5, "int32")),
+         r"4 of them along the first axis; received an array of shape \(5,\)"),
+        (dict(dataset_size=10, x_train=np.zeros((4, 2)), y_train=np.zeros(4)),
+         "integer class labels"),
+        (dict(dataset_size=10, wave_rise=-1.0), "`wave_rise` must be a number >= 0"),
+        (dict(dataset_size=10, wave_rise="3"), "wave_rise='3'"),
+        (dict(dataset_size=10, wave_horizon=0), "`wave_horizon` must be a positive integer"),
     ],
 )
 def test_bad_arguments(kwargs, error):

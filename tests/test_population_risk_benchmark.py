@@ -6,17 +6,27 @@
 - The offline replica of the library's recipe against a real run with
   `ValidationFreeStopping`.
 - The task generator: deterministic, inside its documented ranges, held-out
-  seeds disjoint from design seeds, tasks with the promised arrays.
+  seeds disjoint from design seeds, tasks with the promised arrays; v3's
+  specs (seeds < 2000) pinned; the v4 distribution (seeds >= 2000) in its
+  ranges, its run-time cap, dropout layers and learning-rate schedules.
+- The gradient disparity against a closed-form gradient, its stopping rule
+  against its definition, its slot proxy against `optimizer.statistics()`.
+- The v4 real datasets: shapes, label ranges, noise rates.
 """
 
+import itertools
 import json
+import math
 
 import keras
 import numpy as np
 import pytest
 from conftest import only_on
+from pop_risk import generator
 from pop_risk import rules
+from pop_risk import runs
 from pop_risk import score
+from pop_risk import score_v4
 from pop_risk.generator import draw_spec
 from pop_risk.generator import make_task
 
@@ -111,12 +121,24 @@ def test_replica_reproduces_the_recipe_of_a_real_run():
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     stopper = keras_snr.ValidationFreeStopping(patience=4)
     history = model.fit(x, y, batch_size=16, epochs=40, verbose=0, callbacks=[
-        keras_snr.PopulationRiskEstimate(160, 16, x_train=x, label_wave_window=2), stopper,
+        keras_snr.PopulationRiskEstimate(160, 16, x_train=x, label_wave_window=2,
+                                         sample_size=160, wave_rise=0.5), stopper,
     ]).history
     ready = np.array(history["pop_risk_ready"]) > 0.5
-    kept = score.recipe_epoch(np.array(history["pop_risk"]), ready, patience=4)
-    assert kept == stopper.best_epoch
-    assert ready.any()
+    wave = np.array(history["pop_risk_wave"]) > 0.5
+    # v3's replay (no wave) where the wave was confirmed with the minimum
+    if (ready == wave).all():
+        kept = score.recipe_epoch(np.array(history["pop_risk"]), ready, patience=4)
+        assert kept == stopper.best_epoch
+    # v4's replay: the wave from the logged changes, then the stopping
+    counts = np.array(history["prediction_changes"]) * 160
+    want_ready, want_wave = score_v4.wave_series(counts, window=2, rise=0.5)
+    np.testing.assert_array_equal(want_ready, ready)
+    np.testing.assert_array_equal(want_wave, wave)
+    kept, run = score_v4.validation_free_stopping(np.array(history["pop_risk"]), ready, wave,
+                                                  patience=4)
+    assert kept == stopper.best_epoch and run == len(history["loss"])
+    assert ready.any() and wave.any()
 
 
 def test_generator_is_deterministic_and_in_range():
@@ -154,3 +176,265 @@ def test_generated_task_data(seed):
         assert abs(np.std(yt - yc) - spec["noise_rate"]) < 0.1
     model = task["build"]()
     assert model(x[:4]).shape[-1] == (spec["classes"] or 1)
+
+
+# ------------------------------------------------------------ v3 pinned, v4
+
+
+V3_PINNED = {  # the specs the committed v3 results were recorded with
+    0: {"generator_seed": 0, "arch": "mlp", "kind": "classification", "classes": 10,
+        "noise_type": "symmetric", "noise_rate": 0.101, "n": 699, "batch": 128, "lr": 0.000443,
+        "weight_decay": 0.0, "depth": 3, "input_dim": 32, "width": 128, "teacher_width": 16,
+        "input_decay": 0.581, "epochs": 80},
+    1: {"generator_seed": 1, "arch": "cnn", "kind": "regression", "classes": 0,
+        "noise_type": "gaussian", "noise_rate": 0.797, "n": 3297, "batch": 64, "lr": 0.000947,
+        "weight_decay": 0.1, "depth": 3, "length": 64, "width": 16, "background": 0.918,
+        "epochs": 57},
+    1005: {"generator_seed": 1005, "arch": "mlp", "kind": "classification", "classes": 10,
+           "noise_type": "symmetric", "noise_rate": 0.4, "n": 1450, "batch": 32, "lr": 0.000438,
+           "weight_decay": 0.0, "depth": 3, "input_dim": 32, "width": 64, "teacher_width": 8,
+           "input_decay": 0.94, "epochs": 80},
+    1023: {"generator_seed": 1023, "arch": "cnn", "kind": "classification", "classes": 5,
+           "noise_type": "none", "noise_rate": 0.0, "n": 1684, "batch": 16, "lr": 0.000454,
+           "weight_decay": 0.0, "depth": 2, "length": 48, "width": 64, "background": 0.502,
+           "epochs": 28},
+}
+
+
+def test_v3_specs_and_data_are_pinned():
+    for seed, spec in V3_PINNED.items():
+        assert draw_spec(seed) == spec
+    # the data too: sums of the inputs, the first noisy labels (quick size)
+    for seed, x_sum, labels, test_sum in [
+        (0, -3.1677235741990444, [4, 6, 0, 9, 1, 4, 4, 8, 1, 3, 8, 6], -324.23346368706643),
+        (1005, 7.7191835454250395, [9, 7, 9, 9, 3, 8, 7, 3, 8, 8, 1, 5], -114.10025048830175),
+    ]:
+        task = make_task(draw_spec(seed), 0, quick=True)
+        assert float(np.float64(task["train"][0]).sum()) == pytest.approx(x_sum, abs=1e-6)
+        assert task["train"][1][:12].tolist() == labels
+        assert float(np.float64(task["test"][0]).sum()) == pytest.approx(test_sum, abs=1e-5)
+        assert task["schedule"] == "constant"
+    for seed in range(1990, 2000):  # no v4 key below V4_FIRST_SEED
+        assert not {"schedule", "dropout"} & set(draw_spec(seed))
+
+
+def test_v4_specs_in_range():
+    specs = [draw_spec(s) for s in range(2000, 2064)]
+    assert json.loads(json.dumps(specs)) == specs
+    for spec in specs:
+        steps_per_epoch = math.ceil(spec["n"] / spec["batch"])
+        assert 500 <= spec["n"] <= 20000
+        assert spec["schedule"] in ("constant", "cosine", "step")
+        assert spec["dropout"] in (0.0, 0.1, 0.2, 0.3)
+        assert generator.V4_MIN_EPOCHS <= spec["epochs"] <= 120
+        # the cap: estimated time and total steps
+        assert generator.v4_run_seconds(spec) <= generator.V4_SECONDS
+        assert spec["epochs"] * steps_per_epoch <= generator.v4_max_steps(spec)
+        budget = generator.V4_STEP_BUDGET[spec["arch"]] // steps_per_epoch
+        if spec["epochs"] < min(max(budget, 30), 120):  # shortened: only by the cap
+            assert (spec["epochs"] + 1) * steps_per_epoch > generator.v4_max_steps(spec)
+        assert 3e-4 <= spec["lr"] <= 3e-3 and spec["arch"] in ("mlp", "cnn", "transformer")
+    assert {s["schedule"] for s in specs} == {"constant", "cosine", "step"}
+    assert {s["dropout"] for s in specs} == {0.0, 0.1, 0.2, 0.3}
+    assert 0.3 <= np.mean([s["dropout"] == 0 for s in specs]) <= 0.7
+    assert max(s["n"] for s in specs) > 4000  # the widened range is used
+    assert np.median([s["epochs"] for s in specs]) >= 30
+
+
+@pytest.mark.parametrize("arch,layers", [
+    ("mlp", lambda depth: depth),  # after each hidden Dense
+    ("cnn", lambda depth: depth + 1),  # after each conv block and the hidden Dense
+    ("transformer", lambda depth: 2 * depth),  # on each sublayer's output
+])
+def test_v4_dropout_layers(arch, layers):
+    """Dropout after each hidden layer (none at rate 0); the parameter
+    count `parameters` gives is the model's."""
+    spec = next(s for s in map(draw_spec, range(2000, 2100)) if s["arch"] == arch)
+    shape = {"mlp": (spec.get("input_dim"),), "cnn": (spec.get("length"), 1),
+             "transformer": (spec.get("length"),)}[arch]
+    x = np.zeros((2, *shape), "int32" if arch == "transformer" else "float32")
+    for rate in (0.0, 0.2):
+        model = generator._build(dict(spec, dropout=rate), shape)
+        drops = [la for la in model.layers if isinstance(la, keras.layers.Dropout)]
+        want = layers(spec["depth"]) if rate else 0
+        assert len(drops) == want and all(d.rate == rate for d in drops)
+        assert model.count_params() == generator.parameters(spec)
+        assert model(x[:2]).shape[-1] == (spec["classes"] or 1)
+
+
+@only_on("jax")
+def test_v4_schedule_reaches_the_optimizer():
+    """A quick v4 task with a cosine schedule: the learning rate each
+    epoch's record reads from the optimizer is the cosine decay over the
+    run's steps (to 0 at the end); the step schedule's values around its
+    boundaries. The records carry `gd` and `gd_slot`."""
+    spec = next(s for s in map(draw_spec, range(2000, 2100))
+                if s["arch"] == "mlp" and s["width"] <= 128)
+    task = make_task(dict(spec, schedule="cosine"), 0, quick=True)
+    epochs, n, lr = 2, len(task["train"][0]), spec["lr"]
+    total = epochs * math.ceil(n / spec["batch"])
+    record, _ = runs.run_full(task, "snr", 0, epochs=epochs)
+    for rec in record["epochs"]:
+        want = lr * 0.5 * (1 + math.cos(math.pi * rec["iterations"] / total))
+        assert rec["lr"] == pytest.approx(want, rel=1e-5, abs=1e-9)
+        assert np.isfinite(rec["gd"]) and rec["gd"] > 0
+        assert rec["gd_slot"] == pytest.approx(math.sqrt(2 * rec["sums"]["s"]))
+    assert record["epochs"][-1]["iterations"] == total
+    assert record["epochs"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+    step = runs.learning_rate(dict(task, schedule="step"), n, epochs)
+    values = [float(step(k)) for k in (0, total // 2, total // 2 + 1, (3 * total) // 4 + 1)]
+    assert values == pytest.approx([lr, lr, 0.1 * lr, 0.01 * lr], rel=1e-6)
+    assert runs.learning_rate(dict(task, schedule="constant"), n) == lr
+    v3 = make_task(draw_spec(0), 0, quick=True)  # no schedule named: the float, as in v3
+    assert runs.learning_rate(v3, n) == draw_spec(0)["lr"]
+
+
+# ----------------------------------------------------- gradient disparity
+
+
+def _linear_model(d, out):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(out)])
+    rng = np.random.default_rng(5)
+    model.set_weights([rng.normal(size=(d, out)).astype("float32"),
+                       rng.normal(size=out).astype("float32")])
+    return model
+
+
+def _closed_form_gradient(kind, w, c, x, y):
+    """d/d(w, c) of the batch's mean loss of x @ w + c: squared error
+    (mean over outputs too) or softmax cross-entropy."""
+    x = np.float64(x)
+    z = x @ w + c
+    if kind == "mse":
+        dz = 2.0 * (z - y) / z.size
+    else:
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        dz = (p - np.eye(z.shape[1])[y]) / len(z)
+    return np.concatenate([(x.T @ dz).ravel(), dz.sum(0)])
+
+
+@only_on("jax")
+@pytest.mark.parametrize("kind,out", [("mse", 1), ("mse", 2), ("sparse_ce", 3)])
+def test_gradient_disparity_against_closed_form(kind, out):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    y = (rng.normal(size=(40, out)).astype("float32") if kind == "mse"
+         else rng.integers(0, out, 40).astype("int32"))
+    model = _linear_model(3, out)
+    w, c = (np.float64(a) for a in model.get_weights())
+    grad = runs.gradient_function(model, kind)
+    for i in (slice(0, 8), slice(8, 16)):
+        assert grad(x[i], y[i]) == pytest.approx(
+            _closed_form_gradient(kind, w, c, x[i], y[i]), rel=1e-4, abs=1e-6)
+    indices = runs.gd_batches(np.random.default_rng(3), 40, 8)
+    assert len(indices) == 5 and len(np.unique(np.concatenate(indices))) == 40  # disjoint
+    g = [_closed_form_gradient(kind, w, c, x[i], y[i]) for i in indices]
+    want = np.mean([np.linalg.norm(a - b) for a, b in itertools.combinations(g, 2)])
+    assert runs.gradient_disparity(grad, x, y, indices) == pytest.approx(want, rel=1e-4)
+    small = runs.gd_batches(np.random.default_rng(3), 20, 8)  # 5 x 8 > 20: independent
+    assert [len(np.unique(i)) for i in small] == [8] * 5
+
+
+@only_on("jax")
+def test_recorder_gd_slot_and_reproducible_gd():
+    """`gd_slot` is sqrt(2 * sum s_hat) of `optimizer.statistics()` after
+    the last epoch; `gd` is the same in two runs with the same seed."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 4)).astype("float32")
+    y = (x[:, :1] + 0.5 * rng.normal(size=(96, 1))).astype("float32")
+    task = dict(loss="mse", batch=16, lr=0.01, weight_decay=None, epochs=3,
+                test=(x[:8], y[:8]), clean_test=(x[:8], y[:8]))
+
+    def fit():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(1)])
+        model.compile(runs.make_optimizer(task, "snr", 96), loss=runs.keras_loss("mse"))
+        recorder = runs.Recorder(task, (x, y), alpha=0.5, gd_seed=4)
+        model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[recorder])
+        return model, recorder
+
+    model, recorder = fit()
+    s_hat = model.optimizer.statistics().noise_variance
+    want = math.sqrt(2 * sum(float(np.sum(np.float64(s))) for s in s_hat))
+    assert recorder.epochs[-1]["gd_slot"] == pytest.approx(want, rel=1e-9)
+    assert recorder.recorder_seconds > 0
+    assert [r["gd"] for r in fit()[1].epochs] == [r["gd"] for r in recorder.epochs]
+    off = runs.Recorder(task, (x, y), gd=False)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[off])
+    assert "gd" not in off.epochs[0] and "gd_slot" not in off.epochs[0]
+
+
+def _gd_rule_by_definition(gd, patience):
+    """The first epoch e ending `patience` consecutive strict increases."""
+    v = [np.nan if a is None else a for a in gd]
+    for e in range(patience, len(v)):
+        if all(v[j] > v[j - 1] for j in range(e - patience + 1, e + 1)):
+            return e - patience, e + 1
+    return len(v) - 1, len(v)
+
+
+def test_gradient_disparity_rule_against_its_definition():
+    gd = [5, 4, 3, 4, 5, 6, 7, 8]
+    assert rules.gradient_disparity(gd) == (2, 8)  # rises at epochs 3-7; began at 2
+    assert rules.gradient_disparity(gd, patience=3) == (2, 6)
+    assert rules.gradient_disparity([3, 4, 5, 5, 6, 7, 8], 3) == (3, 7)  # a tie resets
+    assert rules.gradient_disparity([1, 2, 3], 2) == (0, 3)  # rising from the start
+    assert rules.gradient_disparity([1, 2, 1, 2, 1, 2], 2) == (5, 6)  # no stop: the end
+    assert rules.gradient_disparity([5, 4, 3], 1) == (2, 3)
+    assert rules.gradient_disparity([1, 2, None, 3, 4, 5], 3) == (5, 6)  # missing resets
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        gd = [float(v) for v in rng.integers(0, 4, rng.integers(1, 25))]
+        for patience in (1, 2, 3, 5):
+            assert rules.gradient_disparity(gd, patience) == _gd_rule_by_definition(gd, patience)
+
+
+# --------------------------------------------------------- v4 real datasets
+
+
+@pytest.mark.parametrize("name,n,d,test_n", [("fair_sym25", 4000, 8, 2366),
+                                             ("randhie", 12000, 9, 4000)])
+def test_statsmodels_datasets(name, n, d, test_n):
+    pytest.importorskip("statsmodels")
+    from pop_risk.real import REAL
+
+    task = REAL[name](0, False)
+    (x, y), (xt, yt), (xc, yc) = task["train"], task["test"], task["clean_test"]
+    assert x.shape == (n, d) and xt.shape == (test_n, d) and np.array_equal(xt, xc)
+    assert x.dtype == xt.dtype == np.float32
+    assert np.allclose(x.mean(0), 0, atol=1e-4) and np.allclose(x.std(0), 1, atol=1e-3)
+    if name == "fair_sym25":
+        assert task["loss"] == "sparse_ce" and task["classes"] == 2
+        assert set(np.unique(y)) == set(np.unique(yc)) == {0, 1}
+        assert abs(np.mean(yt != yc) - 0.25 / 2) < 0.03  # a uniform draw: half stay right
+        assert 0.25 < np.mean(yc) < 0.4  # affairs > 0 in 32 %
+        assert (task["batch"], task["epochs"]) == (64, 60)
+    else:
+        assert task["loss"] == "mse" and y.shape == (n, 1) and y.dtype == np.float32
+        assert abs(y.mean()) < 1e-4 and abs(y.std() - 1) < 1e-3
+        assert np.array_equal(yt, yc)
+        assert (task["batch"], task["epochs"]) == (128, 40)
+    model = task["build"]()
+    assert model(x[:2]).shape == (2, task.get("classes", 1))
+    quick = REAL[name](0, True)
+    assert len(quick["train"][0]) == 400 and quick["epochs"] == 5
+    again, other = REAL[name](0, False), REAL[name](1, False)
+    assert np.array_equal(again["train"][1], y) and not np.array_equal(other["train"][0], x)
+
+
+def test_mnist1d_sym40():
+    pytest.importorskip("mnist1d")
+    from pop_risk.real import REAL
+
+    task = REAL["mnist1d_sym40"](0, False)
+    (x, y), (xt, yt), (_, yc) = task["train"], task["test"], task["clean_test"]
+    assert x.shape == (4000, 40, 1) and xt.shape == (1000, 40, 1)
+    assert set(np.unique(y)) <= set(range(10))
+    assert abs(np.mean(yt != yc) - 0.4 * 0.9) < 0.05
+    sym30 = REAL["mnist1d_sym30"](0, False)  # the same inputs, another noise stream
+    assert np.array_equal(sym30["train"][0], x)
+    changed30, changed40 = sym30["test"][1] != yc, yt != yc
+    assert not np.all(changed40[changed30])  # one stream would change a superset

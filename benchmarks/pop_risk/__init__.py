@@ -6,13 +6,16 @@ benchmarks/population_risk_benchmark.py`, which puts `benchmarks/` on
 `sys.path` so that this package imports as `pop_risk`.
 
 - `generator`: tasks drawn at random (architecture, classes or regression,
-  label noise, size, optimizer settings);
+  label noise, size, optimizer settings; from seed 2000 a wider
+  distribution: larger n, longer runs, learning-rate schedules, dropout);
 - `tasks`: the seven tasks of the previous benchmark;
 - `real`: real datasets that install offline (MNIST-1D, scikit-learn's
-  breast cancer and diabetes);
-- `runs`: the full-data and holdout runs and their per-epoch recorder;
+  breast cancer and diabetes; statsmodels' fair and randhie for v4);
+- `runs`: the full-data and holdout runs and their per-epoch recorder
+  (including gradient disparity);
 - `rules`: the stopping rules replayed on recorded runs (Keras
-  EarlyStopping, Label Wave, EB);
-- `score`: the anchors, the library's recipe and its offline replica, the
-  targets and the report.
+  EarlyStopping, Label Wave, EB, gradient disparity);
+- `score`: v3's anchors, recipe, offline replica, targets and report;
+- `score_v4`: v4's (issue 20): the recipe with the wave, gradient
+  disparity, the readable number, the targets and the report.
 """

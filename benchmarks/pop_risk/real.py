@@ -14,8 +14,26 @@ training (and held-out) labels, in the task format of `pop_risk.tasks`.
 - `diabetes`: scikit-learn's diabetes regression data (442 examples, 10
   features; 300 for training), its own noise, an MLP 256-256.
 
-The seed draws the label noise and, for the scikit-learn data, the
-train/test split. Held-out labels get the same noise (an independent
+Added for v4 (not used by v3's held-out set):
+
+- `mnist1d_sym40`: MNIST-1D with 40 % of labels replaced by a uniform
+  draw (its own noise stream, independent of `mnist1d_sym30`'s), the 1-D
+  CNN of `mnist1d_sym30`;
+- `fair_sym25`: statsmodels' `fair` data (Fair 1978, 6,366 women; 8
+  features, standardised; label: any extramarital affairs, 32 % of them;
+  4,000 for training, the other 2,366 held out), 25 % of labels replaced
+  by a uniform draw, an MLP 128-128, batch 64, lr 1e-3, 60 epochs;
+- `randhie`: statsmodels' RAND health-insurance experiment data (20,190
+  person-years; 9 features, standardised; target log(1 + outpatient
+  visits), standardised; 12,000 for training, 4,000 held out), its own
+  noise, an MLP 128-128, batch 128, lr 1e-3, 40 epochs.
+
+Quick mode keeps the first 400 training examples (and 5 epochs) for
+MNIST-1D and the statsmodels data; the scikit-learn data is already small.
+statsmodels ships its datasets, so they install offline with it.
+
+The seed draws the label noise and, for the scikit-learn and statsmodels
+data, the train/test split. Held-out labels get the same noise (an independent
 draw); `clean_test` keeps the dataset's own labels.
 """
 
@@ -50,8 +68,8 @@ def _mlp(input_dim, width, out):
     ])
 
 
-def _mnist1d_task(seed, quick, rate, kind, arch):
-    rng = np.random.default_rng([seed, 41])
+def _mnist1d_task(seed, quick, rate, kind, arch, stream=41):
+    rng = np.random.default_rng([seed, stream])
     x, clean, xt, clean_t = _mnist1d()
     if quick:
         x, clean = x[:400], clean[:400]
@@ -83,6 +101,10 @@ def mnist1d_sym30(seed, quick):
 
 def mnist1d_pair20(seed, quick):
     return _mnist1d_task(seed, quick, 0.2, "pair", "mlp")
+
+
+def mnist1d_sym40(seed, quick):
+    return _mnist1d_task(seed, quick, 0.4, "symmetric", "cnn", stream=46)
 
 
 def _standardise(x, train):
@@ -119,9 +141,48 @@ def diabetes(seed, quick):
                 epochs=5 if quick else 80, batch=16, lr=1e-3, weight_decay=0.01)
 
 
+def _split(rng, rows, n_train, n_test, quick):
+    """A random split of `rows` examples into training and held-out
+    indices; quick mode keeps the first 400 training indices."""
+    order = rng.permutation(rows)
+    tr, te = order[:n_train], order[n_train:n_train + n_test]
+    return (tr[:400] if quick else tr), te
+
+
+def fair_sym25(seed, quick):
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng([seed, 44])
+    data = sm.datasets.fair.load_pandas().data
+    clean = (data.pop("affairs").to_numpy() > 0).astype("int32")
+    tr, te = _split(rng, len(clean), 4000, len(clean) - 4000, quick)
+    x = _standardise(data.to_numpy("float64"), tr)
+    y = _noise(rng, clean, 0.25, "symmetric", 2)
+    return dict(build=_mlp(x.shape[1], 128, 2), loss="sparse_ce", classes=2,
+                train=(x[tr], y[tr]), test=(x[te], y[te]), clean_test=(x[te], clean[te]),
+                epochs=5 if quick else 60, batch=64, lr=1e-3, weight_decay=0.01)
+
+
+def randhie(seed, quick):
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng([seed, 45])
+    data = sm.datasets.randhie.load_pandas().data
+    y = np.log1p(data.pop("mdvis").to_numpy("float64"))
+    tr, te = _split(rng, len(y), 12000, 4000, quick)
+    x = _standardise(data.to_numpy("float64"), tr)
+    y = ((y - y[tr].mean()) / y[tr].std()).astype("float32")[:, None]
+    return dict(build=_mlp(x.shape[1], 128, 1), loss="mse", train=(x[tr], y[tr]),
+                test=(x[te], y[te]), clean_test=(x[te], y[te]),
+                epochs=5 if quick else 40, batch=128, lr=1e-3, weight_decay=0.01)
+
+
 REAL = {
     "mnist1d_sym30": mnist1d_sym30,
     "mnist1d_pair20": mnist1d_pair20,
     "breast_cancer_sym20": breast_cancer_sym20,
     "diabetes": diabetes,
+    "mnist1d_sym40": mnist1d_sym40,
+    "fair_sym25": fair_sym25,
+    "randhie": randhie,
 }

@@ -7,6 +7,9 @@ trained. Validation-free rules read only what a callback could see during
 training (the epoch logs, training-set predictions, optimizer statistics);
 the holdout rules read the holdout run's validation metrics; the oracles
 read held-out data (upper bounds, unreachable in practice).
+
+`gradient_disparity` reads a quantity the recorder computes on the
+training set (batch gradients), which a callback could also compute.
 """
 
 import numpy as np
@@ -67,3 +70,36 @@ def first_true(flags):
         if flag:
             return i, i + 1
     return len(flags) - 1, len(flags)
+
+
+def gradient_disparity(gd, patience=5):
+    """Early stopping on the gradient disparity (Forouzesh & Thiran,
+    "Disparity Between Batches as a Signal for Early Stopping",
+    arXiv:2107.06665), replayed on the per-epoch values `gd[e]`
+    recorded by `pop_risk.runs.Recorder`.
+
+    The paper's (its abstract: "the l2 norm distance between the gradient
+    vectors of two mini-batches drawn from the training set"; the rest as
+    we recall it, unchecked): GD averaged over the pairs of s batches
+    (s = 5 in its experiments) at the end of each epoch, and training
+    stopped once GD has increased for `patience` consecutive epochs (5 in
+    its experiments).
+
+    Ours: s = 5 batches of the task's batch size, gradients of the training
+    loss with the model in inference mode (no dropout) and without weight
+    decay (see `runs.gradient_function`); an increase is a value strictly
+    above the previous epoch's (a tie, or a missing / NaN value, ends a
+    run of increases); and the kept weights are those of the epoch where
+    the run of increases began, i.e. the last epoch before the first of
+    the `patience` increases (the lowest GD of that stretch; whether the
+    paper restores earlier weights we do not recall). Stopping at the
+    `patience`-th increase, at epoch e, trains e + 1 epochs. Without such a
+    run, training goes to the end and keeps the last epoch. Returns
+    `(kept epoch, epochs run)` (0-based kept epoch)."""
+    values = [np.nan if v is None else float(v) for v in gd]
+    rises = 0
+    for epoch in range(1, len(values)):
+        rises = rises + 1 if values[epoch] > values[epoch - 1] else 0  # NaN: False
+        if rises >= patience:
+            return epoch - patience, epoch + 1
+    return len(values) - 1, len(values)

@@ -10,16 +10,24 @@ the training set, the number of training examples whose predicted class
 changed since the previous epoch (Label Wave), the held-out loss with the
 training label distribution, clean held-out accuracy and loss, and scalar
 reductions of the optimizer's state through the public API
-(`optimizer.statistics()`), e.g. for the EB criterion. With `arrays=True`
+(`optimizer.statistics()`), e.g. for the EB criterion, and the gradient
+disparity of Forouzesh & Thiran (`gd`, see `gradient_disparity`) with its
+free proxy from the optimizer's noise slot (`gd_slot`). With `arrays=True`
 it also returns per-example predicted classes and losses on the training
 set (design only, never committed).
 
 `run_holdout` is the anchor that needs a run of its own: the same task
 trained on 80 % of the training set, with the other 20 % (same label noise)
 as the validation set the user would hold out; it records the validation
-loss and accuracy and the same held-out and clean metrics per epoch.
+loss and accuracy and the same held-out and clean metrics per epoch (and
+`gd` on the 80 % it fits).
+
+A task may name a learning-rate schedule (`task["schedule"]`, the v4
+generated tasks): "constant" (the default), "cosine" or "step", over the
+run's total steps; see `learning_rate`.
 """
 
+import math
 import time
 
 import keras
@@ -29,6 +37,7 @@ import keras_snr
 
 TINY = 1e-30
 HOLDOUT_FRACTION = 0.2
+GD_BATCHES = 5  # s, the batches of the gradient disparity (Forouzesh & Thiran use 5)
 
 
 # ------------------------------------------------------------------ losses
@@ -58,9 +67,30 @@ def keras_loss(kind):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def make_optimizer(task, gate, n):
-    kwargs = dict(learning_rate=task["lr"], weight_decay=task["weight_decay"],
-                  beta_2=task.get("beta_2", 0.999))
+def learning_rate(task, n, epochs=None):
+    """The learning rate of `task` fitted on `n` examples for `epochs`
+    epochs (the task's by default): `task["lr"]` for the "constant"
+    schedule (or none named), else a `LearningRateSchedule` over the run's
+    total steps = epochs * ceil(n / batch): "cosine" decays from `lr` to 0
+    (`CosineDecay`, alpha 0), "step" multiplies it by 0.1 at 50 % and again
+    at 75 % of the steps (`PiecewiseConstantDecay`)."""
+    lr, name = task["lr"], task.get("schedule", "constant")
+    total = (epochs or task["epochs"]) * math.ceil(n / task["batch"])
+    if name == "constant":
+        return lr
+    if name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total, alpha=0.0)
+    if name == "step":
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            [total // 2, (3 * total) // 4], [lr, 0.1 * lr, 0.01 * lr])
+    raise ValueError(f"unknown learning-rate schedule {name!r}")
+
+
+def make_optimizer(task, gate, n, epochs=None):
+    """The run's `SNRAdam` (`gate=None`: Adam), with the task's learning
+    rate or schedule over `epochs` epochs on `n` examples."""
+    kwargs = dict(learning_rate=learning_rate(task, n, epochs),
+                  weight_decay=task["weight_decay"], beta_2=task.get("beta_2", 0.999))
     if gate is None:
         return keras_snr.SNRAdam(gate=None, **kwargs)
     return keras_snr.SNRAdam(gate=gate, alpha=keras_snr.finite_dataset_alpha(task["batch"], n),
@@ -115,24 +145,100 @@ def optimizer_sums(opt, alpha):
     return out
 
 
+# ----------------------------------------------------- gradient disparity
+
+
+def gd_batches(rng, n, batch, s=GD_BATCHES):
+    """Indices of `s` random batches of `batch` distinct training examples
+    (of `n`): disjoint when s * batch <= n (consecutive slices of one
+    permutation, as the batches of an epoch), else drawn independently."""
+    if s * batch <= n:
+        order = rng.permutation(n)
+        return [order[i * batch:(i + 1) * batch] for i in range(s)]
+    return [rng.permutation(n)[:batch] for _ in range(s)]
+
+
+def gradient_function(model, kind):
+    """`grad(x, y)`: the gradient of the mean training loss of the batch
+    `(x, y)` with respect to `model.trainable_variables` at their current
+    values, flattened and concatenated in that order (NumPy float64). The
+    loss is the one the model is trained with (`keras_loss(kind)`, mean
+    over the batch as `compile` reduces it), without regularisation terms
+    (the model's `losses`, weight decay); the forward pass is in inference
+    mode (`training=False`: no dropout), so that it is a function of the
+    weights alone. JAX backend only: `model.stateless_call` under
+    `jax.grad`, compiled once per model (keep `grad` for the whole run)."""
+    if keras.backend.backend() != "jax":
+        raise NotImplementedError("the gradient disparity needs the JAX backend")
+    import jax
+
+    loss_fn = keras.losses.MeanSquaredError() if kind == "mse" else keras_loss(kind)
+
+    def loss(trainable, non_trainable, x, y):
+        pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return loss_fn(y, pred)
+
+    compiled = jax.jit(jax.grad(loss))
+
+    def grad(x, y):
+        g = compiled([v.value for v in model.trainable_variables],
+                     [v.value for v in model.non_trainable_variables], x, y)
+        return np.concatenate([np.asarray(a, "float64").ravel() for a in g])
+
+    return grad
+
+
+def mean_pairwise_distance(vectors):
+    """The mean over the s(s-1)/2 pairs of rows of the l2 distance between
+    them (the gradient disparity of s batch gradients)."""
+    v = np.asarray(vectors, "float64")
+    d = [np.linalg.norm(v[i] - v[j]) for i in range(len(v)) for j in range(i + 1, len(v))]
+    return float(np.mean(d))
+
+
+def gradient_disparity(grad, x, y, indices):
+    """Gradient disparity (Forouzesh & Thiran, "Disparity Between Batches as
+    a Signal for Early Stopping", arXiv:2107.06665) on the batches
+    `(x[i], y[i])` for `i` in `indices`, with `grad` of
+    `gradient_function`: the mean l2 distance between two batches' loss
+    gradients, over all pairs of them."""
+    return mean_pairwise_distance([grad(x[i], y[i]) for i in indices])
+
+
 # ------------------------------------------------------------ the recorder
 
 
 class Recorder(keras.callbacks.Callback):
     """Per-epoch record of a run (see the module docstring). `train` is what
     the model is fitted on, `val` the user's holdout (holdout runs only),
-    `test`/`clean_test` the held-out data no estimator sees."""
+    `test`/`clean_test` the held-out data no estimator sees.
 
-    def __init__(self, task, train, val=None, arrays=False, alpha=None):
+    With `gd` (JAX only), each epoch also records `gd`: the gradient
+    disparity on GD_BATCHES random batches of the task's batch size from
+    `train`, drawn by a NumPy generator seeded with `gd_seed` at the start
+    of training (reproducible, and independent of Keras's random state).
+    With `alpha` (full runs), it records the sums of `optimizer_sums` and
+    `gd_slot` = sqrt(2 * sum of the bias-corrected noise variance s_hat):
+    the root of E||g_1 - g_2||^2 = 2 tr Var(g) for two independent batch
+    gradients, which the optimizer's slot estimates for free. Everything
+    the recorder computes counts in `recorder_seconds`."""
+
+    def __init__(self, task, train, val=None, arrays=False, alpha=None, gd=True, gd_seed=0):
         super().__init__()
         self.kind = task["loss"]
+        self.batch = task["batch"]
         self.train, self.val = train, val
         self.test, self.clean_test = task["test"], task["clean_test"]
         self.alpha = alpha
         self.arrays = arrays
+        self.gd, self.gd_seed = gd, gd_seed
         self.epochs, self.pred_classes, self.example_losses = [], [], []
 
     def on_train_begin(self, logs=None):
+        if self.gd and keras.backend.backend() != "jax":
+            raise NotImplementedError("Recorder(gd=True) needs the JAX backend")
+        self._gd_rng = np.random.default_rng([self.gd_seed, 2107])
+        self._grad = None  # built at the first epoch end (recorder time)
         self._prev_pred = None
         self._last_iterations = int(np.asarray(self.model.optimizer.iterations))
         self._t0 = time.perf_counter()
@@ -170,6 +276,12 @@ class Recorder(keras.callbacks.Callback):
                                "val_"))
         if self.alpha is not None:
             rec["sums"] = optimizer_sums(opt, self.alpha)
+            rec["gd_slot"] = float(np.sqrt(2.0 * rec["sums"]["s"]))
+        if self.gd:
+            if self._grad is None:
+                self._grad = gradient_function(self.model, self.kind)
+            indices = gd_batches(self._gd_rng, len(x), self.batch)
+            rec["gd"] = gradient_disparity(self._grad, x, y, indices)
         self.recorder_seconds += time.perf_counter() - t0
         rec["wall"] = time.perf_counter() - self._t0
         self.epochs.append(rec)
@@ -180,23 +292,26 @@ class Recorder(keras.callbacks.Callback):
 
 def library_callbacks(task, train):
     """The estimating callback of every full-data run: the library's, as a
-    user would set it up (`x_train` the training inputs; default sample
-    size, window and threshold)."""
+    user would set it up (`x_train` the training inputs, and for
+    classification `y_train` their labels; default sample size, window,
+    wave and threshold)."""
     n, b = len(train[0]), task["batch"]
+    labels = {} if task["loss"] == "mse" else {"y_train": train[1]}
     return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=b, x_train=train[0],
-                                             diagnostics=True)]
+                                             diagnostics=True, **labels)]
 
 
-def _fit(task, gate, seed, train, val, callbacks, arrays, epochs):
+def _fit(task, gate, seed, train, val, callbacks, arrays, epochs, gd):
     keras.utils.set_random_seed(seed)
     model = task["build"]()
     n, b = len(train[0]), task["batch"]
-    model.compile(optimizer=make_optimizer(task, gate, n), loss=keras_loss(task["loss"]))
+    epochs = epochs or task["epochs"]
+    model.compile(optimizer=make_optimizer(task, gate, n, epochs), loss=keras_loss(task["loss"]))
     alpha = keras_snr.finite_dataset_alpha(b, n)
     recorder = Recorder(task, train, val=val, arrays=arrays,
-                        alpha=alpha if val is None else None)
+                        alpha=alpha if val is None else None, gd=gd, gd_seed=seed)
     t0 = time.perf_counter()
-    model.fit(train[0], train[1], batch_size=b, epochs=epochs or task["epochs"], shuffle=True,
+    model.fit(train[0], train[1], batch_size=b, epochs=epochs, shuffle=True,
               verbose=0, callbacks=list(callbacks) + [recorder])
     out = dict(n=n, batch=b, alpha=alpha, params=int(model.count_params()),
                wall=time.perf_counter() - t0, recorder_seconds=recorder.recorder_seconds,
@@ -209,10 +324,12 @@ def _fit(task, gate, seed, train, val, callbacks, arrays, epochs):
     return out, arrays_out
 
 
-def run_full(task, gate, seed, arrays=False, epochs=None):
-    """Train on the whole training set; returns `(record, arrays or None)`."""
+def run_full(task, gate, seed, arrays=False, epochs=None, gd=True):
+    """Train on the whole training set; returns `(record, arrays or None)`.
+    `gd=False` skips the gradient disparity (v3's records)."""
     train = task["train"]
-    return _fit(task, gate, seed, train, None, library_callbacks(task, train), arrays, epochs)
+    return _fit(task, gate, seed, train, None, library_callbacks(task, train), arrays, epochs,
+                gd)
 
 
 def holdout_split(task, seed):
@@ -223,8 +340,9 @@ def holdout_split(task, seed):
     return (x[order[k:]], y[order[k:]]), (x[order[:k]], y[order[:k]])
 
 
-def run_holdout(task, gate, seed, epochs=None):
-    """Train on 80 %, validate on the other 20 %; returns the record."""
+def run_holdout(task, gate, seed, epochs=None, gd=True):
+    """Train on 80 %, validate on the other 20 %; returns the record.
+    `gd=False` skips the gradient disparity (v3's records)."""
     train, val = holdout_split(task, seed)
-    record, _ = _fit(task, gate, seed, train, val, [], False, epochs)
+    record, _ = _fit(task, gate, seed, train, val, [], False, epochs, gd)
     return record
