@@ -207,9 +207,8 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
     `pop_risk_ready` is 1 and stops only once `pop_risk_wave` is 1. For a
     classifier it thus aims at clean accuracy (the held-out loss bottoms
     out before the accuracy peaks under label noise; the wave of
-    prediction changes marks where memorisation begins, and without one
-    training runs to the end); for regression it aims at the held-out
-    loss.
+    prediction changes marks where memorisation begins, and without one it
+    never stops early); for regression it aims at the held-out loss.
 
     The gap `G` (this project's heuristic, chosen by measurement in
     `benchmarks/population_risk_benchmark.py`; the paper's formula is not
@@ -761,8 +760,8 @@ class ValidationFreeStopping(keras.callbacks.EarlyStopping):
     `PopulationRiskEstimate` has `x_train`, it counts from the epoch after
     the first local minimum of the smoothed prediction changes (Label Wave)
     and may stop once a strong rise after it has confirmed that
-    memorisation began (until then `patience` is not enforced; without such
-    a wave training runs to the end); otherwise it counts and may stop from
+    memorisation began (until then `patience` is not enforced: without such
+    a wave it never stops early); otherwise it counts and may stop from
     epoch 1. It keeps the weights of the epoch with the lowest `pop_risk`
     among those it counted (Keras restores them at the end of training,
     stopped or not); `best_epoch` is that epoch (0-based), or the last

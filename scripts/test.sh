@@ -5,21 +5,19 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -x -k saving`);
 # the floor run gets them too, but runs only its own test files (those of
 # them the arguments name, if they name test paths).
+# The four runs are independent processes; TEST_JOBS of them (default 2, one
+# per core of the CI machine) run at a time, each into its own log, printed
+# whole when it ends. TEST_JOBS=1 runs them one after the other.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 export TF_CPP_MIN_LOG_LEVEL=2
-status=0
-summary=""
-for backend in tensorflow jax torch; do
-    echo "=== KERAS_BACKEND=$backend ==="
-    start=$(date +%s)
-    KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
-    code=$?
-    summary="$summary\n$backend: pytest exit $code in $(( $(date +%s) - start )) s"
-    # Exit code 5 (no tests collected) is a failure too.
-    if [ $code -ne 0 ]; then status=1; fi
-done
+LOGS=$(mktemp -d)
+trap 'rm -rf "$LOGS"' EXIT
+
+run_backend() {  # backend: the whole suite on it
+    KERAS_BACKEND=$1 .venv/bin/python -m pytest -q -p no:cacheprovider "${@:2}"
+}
 
 # --- The oldest supported Keras, on JAX: the optimizer-level tests.
 FLOOR_TESTS=(tests/test_snr_adam.py tests/test_statistics.py tests/test_saving.py
@@ -54,36 +52,71 @@ else
         done
     done
 fi
-echo "=== KERAS_BACKEND=jax, oldest supported Keras (constraints-floor.txt) ==="
-start=$(date +%s)
+run_floor() {
 if [ ${#floor_paths[@]} -eq 0 ]; then
-    summary="$summary\nfloor: skipped (none of the given test paths is a floor test)"
-else
-    # (Re)create .venv-floor when missing or when constraints-floor.txt changed.
-    if ! cmp -s constraints-floor.txt .venv-floor/constraints-floor.txt; then
-        rm -rf .venv-floor
-        "${PYTHON:-python3}" -m venv .venv-floor \
-            && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
-                -c constraints-floor.txt keras "jax[cpu]" numpy pytest \
-            && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
-                --no-deps -e . \
-            && cp constraints-floor.txt .venv-floor/ \
-            || { echo "setting up .venv-floor failed"; rm -rf .venv-floor; }
-    fi
-    if [ -x .venv-floor/bin/python ]; then
-        # The cross-backend test loads the checkpoint on TensorFlow and
-        # PyTorch, which .venv-floor does not have.
-        KERAS_BACKEND=jax .venv-floor/bin/python -m pytest -q -p no:cacheprovider \
-            --deselect tests/test_saving.py::test_cross_backend_load_and_train \
-            ${options[@]+"${options[@]}"} "${floor_paths[@]}"
-        code=$?
-        # With the caller's filters (-k ...), selecting no floor test is fine.
-        if [ $code -eq 5 ] && [ $# -gt 0 ]; then code=0; fi
-    else
-        code=1
-    fi
-    summary="$summary\nfloor (jax, $(grep '^keras==' constraints-floor.txt)): exit $code in $(( $(date +%s) - start )) s"
-    if [ $code -ne 0 ]; then status=1; fi
+    echo "floor: skipped (none of the given test paths is a floor test)"
+    return 0
 fi
+# (Re)create .venv-floor when missing or when constraints-floor.txt changed.
+if ! cmp -s constraints-floor.txt .venv-floor/constraints-floor.txt; then
+    rm -rf .venv-floor
+    "${PYTHON:-python3}" -m venv .venv-floor \
+        && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
+            -c constraints-floor.txt keras "jax[cpu]" numpy pytest \
+        && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
+            --no-deps -e . \
+        && cp constraints-floor.txt .venv-floor/ \
+        || { echo "setting up .venv-floor failed"; rm -rf .venv-floor; }
+fi
+[ -x .venv-floor/bin/python ] || return 1
+# The cross-backend test loads the checkpoint on TensorFlow and PyTorch,
+# which .venv-floor does not have.
+KERAS_BACKEND=jax .venv-floor/bin/python -m pytest -q -p no:cacheprovider \
+    --deselect tests/test_saving.py::test_cross_backend_load_and_train \
+    ${options[@]+"${options[@]}"} "${floor_paths[@]}"
+local code=$?
+# With the caller's filters (-k ...), selecting no floor test is fine.
+if [ $code -eq 5 ] && [ $nargs -gt 0 ]; then code=0; fi
+return $code
+}
+nargs=$#
+
+# --- Run the four jobs, TEST_JOBS at a time.
+JOBS=(tensorflow jax torch floor)
+TITLES=("KERAS_BACKEND=tensorflow" "KERAS_BACKEND=jax" "KERAS_BACKEND=torch"
+        "KERAS_BACKEND=jax, oldest supported Keras ($(grep '^keras==' constraints-floor.txt))")
+declare -A started pid_job
+status=0
+summary=""
+finish() {  # pid, exit code: print the job's log and record it
+    local job=${pid_job[$1]} code=$2 i
+    for i in "${!JOBS[@]}"; do [ "${JOBS[$i]}" = "$job" ] && break; done
+    echo "=== ${TITLES[$i]} ==="
+    cat "$LOGS/$job.log"
+    # Exit code 5 (no tests collected) is a failure too.
+    summary="$summary\n$job: exit $code in $(( $(date +%s) - ${started[$job]} )) s"
+    if [ "$code" -ne 0 ]; then status=1; fi
+}
+running=0
+for job in "${JOBS[@]}"; do
+    if [ "$running" -ge "${TEST_JOBS:-2}" ]; then
+        wait -n -p done_pid; code=$?
+        finish "$done_pid" "$code"
+        running=$((running - 1))
+    fi
+    started[$job]=$(date +%s)
+    if [ "$job" = floor ]; then
+        run_floor > "$LOGS/$job.log" 2>&1 &
+    else
+        run_backend "$job" "$@" > "$LOGS/$job.log" 2>&1 &
+    fi
+    pid_job[$!]=$job
+    running=$((running + 1))
+done
+while [ "$running" -gt 0 ]; do
+    wait -n -p done_pid; code=$?
+    finish "$done_pid" "$code"
+    running=$((running - 1))
+done
 echo -e "=== summary ===$summary"
 exit $status
