@@ -84,9 +84,9 @@ def compiled_torch_update(monkeypatch, backend, min_size=4):
     run_compiled = _torch_fast_path._run_compiled
     stepped = set()  # compiled functions past their first step
 
-    def checked(compiled, *args):
+    def checked(optimizer, compiled, *args):
         before = counters["stats"]["unique_graphs"]
-        result = run_compiled(compiled, *args)
+        result = run_compiled(optimizer, compiled, *args)
         after = counters["stats"]["unique_graphs"]
         assert id(compiled) not in stepped or after == before, "recompiled after step 1"
         stepped.add(id(compiled))
