@@ -49,11 +49,16 @@ v4 held-out run): generator seeds 2000-2029 (a wider distribution, see
 `pop_risk/generator.py`) and the real datasets fair_sym25, randhie and
 mnist1d_sym40; seeds 0-2, both dynamics. Its design set is everything above.
 
-    python benchmarks/population_risk_benchmark.py --set v4 --seeds 3 \
+    python benchmarks/population_risk_benchmark.py --set v4 --seeds 3 \\
         --raw /tmp/poprisk4/raw --record-only --shard 0/2   # and 1/2
-    python benchmarks/population_risk_benchmark.py --set v4all --seeds 3 --score-only \
-        --raw /tmp/poprisk4/raw benchmarks/results/population_risk_design_runs.json.gz \
-        benchmarks/results/population_risk_heldout_runs.json.gz --out /tmp/pr4
+    python benchmarks/population_risk_benchmark.py --set v4 --seeds 3 --score-only \\
+        --raw /tmp/poprisk4/raw --bundle benchmarks/results/population_risk_v4_runs.json.gz
+    # what benchmarks/results/population_risk_v4.md is (from the committed runs):
+    python benchmarks/population_risk_benchmark.py --set v4all --seeds 3 --score-only \\
+        --raw benchmarks/results/population_risk_design_runs.json.gz \\
+        benchmarks/results/population_risk_heldout_runs.json.gz \\
+        benchmarks/results/population_risk_v4_runs.json.gz \\
+        --out benchmarks/results/population_risk_v4
 
 Usage (JAX, one thread per process; resumable, one JSON per run):
     python benchmarks/population_risk_benchmark.py --set design --seeds 2 \\

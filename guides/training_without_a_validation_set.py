@@ -306,42 +306,73 @@ honest.
 One task and one seed say little. `benchmarks/population_risk_benchmark.py`
 compared the recipe with the alternatives on tasks drawn at random (MLP,
 1-D CNN and small transformer; 2-10 classes or regression; symmetric,
-pair-flip or no label noise; random size, width, depth, learning rate,
-batch, weight decay), on real datasets (MNIST-1D, breast cancer, diabetes)
-and on seven hand-made tasks, under Adam dynamics and the SNR gate. The
-recipe was chosen on a design set of tasks and then scored on held-out
-tasks drawn after the choice was committed.
-
-The recipe, its constants and the scoring were committed before the
-held-out tasks were first run. On the 44 held-out label-noise cells (22
-tasks x 2 dynamics, 3 seeds each), mean clean test accuracy of the weights
-kept:
+pair-flip or no label noise; random size, width, depth, learning rate and
+schedule, dropout, batch, weight decay), on real datasets and on seven
+hand-made tasks, under Adam dynamics and the SNR gate. This version's rule,
+its constants and the scoring were chosen on every run recorded before
+(118 cells) and committed before a fresh held-out set was first run:
+generator seeds 2000-2029 from a wider distribution (n up to 20,000, up to
+120 epochs) and three real datasets the benchmark had not used (statsmodels'
+`fair` with 25 % label noise, `randhie` regression, MNIST-1D with 40 %
+noise); 3 seeds each. On the 50 held-out label-noise cells (25 tasks x 2
+dynamics), mean clean test accuracy of the weights kept:
 
 | how training stopped | data used | Adam dynamics | SNR gate |
 | --- | --- | --- | --- |
-| trained to the end | 100 % | 68.3 % | 68.3 % |
-| this recipe | 100 % | 70.8 % | 71.1 % |
-| 20 % holdout, `EarlyStopping` on `val_accuracy` | 80 % | 70.4 % | 70.0 % |
-| the holdout's epoch count, retrained on all data | 100 %, 2x cost | 71.7 % | 70.9 % |
-| Label Wave (stop at the first minimum of prediction changes) | 100 % | 68.0 % | 68.5 % |
-| best epoch on clean test data (unreachable) | 100 % | 74.0 % | 73.6 % |
+| trained to the end | 100 % | 72.8 % | 72.9 % |
+| this recipe (version 0.2) | 100 % | 73.1 % | 72.2 % |
+| version 0.1's recipe | 100 % | 74.1 % | 73.1 % |
+| 20 % holdout, `EarlyStopping` on `val_loss` | 80 % | 75.1 % | 74.9 % |
+| the holdout's epoch count, retrained on all data | 100 %, 2x cost | 76.4 % | 75.7 % |
+| Label Wave (stop at the first minimum of prediction changes) | 100 % | 71.6 % | 70.2 % |
+| gradient disparity (Forouzesh & Thiran) | 100 % | 70.4 % | 72.3 % |
+| best epoch on clean test data (unreachable) | 100 % | 78.7 % | 78.1 % |
 
-So on average the recipe matched holding out 20 % (+0.8 points) and beat
-Label Wave alone (+2.7), but task by task it was at least the holdout on
-only 52 % of cells (the target was 80 %), and on 13 of 56 held-out cells
-(regression and noise-free tasks included) it was more than 2 % worse than
-training to the end on some seed (the holdout split on `val_loss`: 19). On regression
-(8 cells) it reached a held-out loss of 0.256 against 0.259 for the
-holdout and 0.321 at the end; on noise-free classification (4 cells) it
-lost accuracy (94.8 % against 97.8 % at the end). Judged by held-out loss
-(labels as noisy as in training) instead, the weights the recipe kept on
-the label-noise cells were the worst of the stopping rules' (1.379 and
-1.283 against 1.181 and 1.180 for the holdout, Adam dynamics and SNR gate;
-2.053 and 1.874 at the end): it aims at accuracy. `pop_risk_estimate`
-itself is a poor estimate of the held-out loss (Spearman >= 0.9 on 21 % of
-cells, mean absolute relative error 2.15): use it to stop, not as a
-number. Every cell, the design set and the sensitivity of the anchors are
-in `benchmarks/results/population_risk.md`.
+So on fresh tasks the recipe beat the two other validation-free rules on
+average (+1.8 points over Label Wave, +1.3 over gradient disparity) but not
+a 20 % holdout (-2.1 points; at least the holdout on 26 % of cells, the
+target was 75 %), and it did worse than version 0.1's rule. It lost more
+than 2 % against training to the end on 32 % of all 66 held-out cells
+(target: at most 10 %), by up to 33 %. Two mechanisms account for it:
+
+- **No wave, yet the weights are rolled back.** On 108 of the 174
+  classification runs no wave came (little noise, or long runs with a
+  decaying learning rate). The recipe then never stops early, but, like
+  any `EarlyStopping(restore_best_weights=True)`, it restores the counted
+  epoch with the lowest `pop_risk`, and `pop_risk` rises as the training
+  loss falls, so that is usually the first counted epoch: 36 of the 52 runs
+  that lost more than 2 % had no wave and kept an epoch within 3 of
+  `pop_risk_ready`, while their accuracy kept rising to the end.
+- **A shallow wave that comes after the peak.** On MNIST-1D with 40 %
+  noise, clean accuracy peaked at epochs 7-9, the prediction changes
+  reached their minimum (`pop_risk_ready`) only at epochs 10-17 and never
+  rose by 2 standard errors, so the recipe trained to the end: 56.5 / 57.2 %
+  against Label Wave's 75.9 / 73.4 % and the holdout's 69.2 / 70.4 %. On the
+  other real label-noise dataset (`fair`) it was level with Label Wave
+  (+0.3 points) and 1 point below the holdout (71.3 / 71.2 % against 72.2 %).
+
+A check made after seeing these results (so not a held-out result): keeping
+the last weights whenever `pop_risk_wave` never reached 1 would have given
+74.2 % on the label-noise cells, 88 % of them within 2 % of training to the
+end, still below the holdout's 75.0 %. If your run's history shows no wave,
+prefer the end-of-training weights.
+
+**The readable number.** At the epoch the recipe keeps,
+`heldout_loss_estimate` was within 25 % of the held-out loss (labels as
+noisy as in training) on 70 % of held-out cells (46 of 66; 80 % of the
+label-noise cells, 2 of 8 noise-free ones, 4 of 8 regression ones), median
+error 11 %, and the interval `[heldout_loss_low, heldout_loss_high]`
+contained the held-out loss in 80 % of runs; at the end of training, 50 % of
+cells within 25 %, median 22 %, interval 91 %. On noise-free classifiers
+whose training loss reaches zero it is far off (errors of 50 % and more):
+read the interval there. `heldout_accuracy_estimate` was a median 5.5
+points from the held-out accuracy with noisy labels at the kept epoch
+(within 5 points on 47 % of runs; its interval contained it on 59 %). Every
+cell, the design set and the deviation from the pre-registration (a
+scorer's list that filed the two real label-noise datasets as noise-free,
+fixed after the first scoring) are in
+`benchmarks/results/population_risk_v4.md`; version 0.1's benchmark in
+`benchmarks/results/population_risk.md`.
 
 ## When not to trust it
 
@@ -350,11 +381,15 @@ in `benchmarks/results/population_risk.md`.
   the loss and gave up accuracy; this one waits for a wave of prediction
   changes, but a grokking run's changes look like one, and it can still
   stop before the jump.
-- Real label noise whose wave is shallow against the sample's noise (the
-  MNIST-1D cells of the benchmark): no wave is confirmed, the recipe never
-  stops early and keeps the lowest-`pop_risk` epoch, which can be far later
-  than Label Wave's choice. A larger `sample_size` sees a wave sooner, at
-  the cost of a longer forward pass per epoch.
+- Real label noise whose wave is shallow against the sample's noise, or
+  comes after the accuracy peak (the MNIST-1D cells of the benchmark): no
+  wave is confirmed, the recipe never stops early and keeps the
+  lowest-`pop_risk` epoch, which can be far later than Label Wave's choice.
+  A larger `sample_size` sees a wave sooner, at the cost of a longer
+  forward pass per epoch.
+- Little or no label noise and accuracy rising to the end: no wave comes,
+  but the restored weights are the lowest-`pop_risk` counted epoch, often
+  the first one (above). Check `pop_risk_wave` in the history.
 - `pop_risk_reliable == 0`: the training loss is near zero and the
   estimate has nothing left to measure; `pop_risk` then keeps the latest
   weights instead of guessing.

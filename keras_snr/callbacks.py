@@ -188,8 +188,10 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
       `L`, high = `max(L_1, L + G)` (`L_1` the first epoch's training
       loss, which was measured mostly on examples the model had not yet
       trained on), estimate = `(L + min(L_1, L + G)) / 2`. On the
-      benchmark's held-out tasks the estimate is within 25 % of the
-      held-out loss on some tasks only, the interval is wide late in
+      benchmark's v4 held-out tasks, at the epoch `ValidationFreeStopping`
+      kept, it was within 25 % of the held-out loss on 70 % of cells (80 %
+      of label-noise ones, 2 of 8 noise-free classifiers), median error
+      11 %; at the end of training on 50 %. The interval is wide late in
       training; README.md says how often each held.
     - With `y_train` as well (the integer labels of `x_train`):
       `heldout_accuracy_estimate`, `heldout_accuracy_low`,
@@ -767,6 +769,13 @@ class ValidationFreeStopping(keras.callbacks.EarlyStopping):
     stopped or not); `best_epoch` is that epoch (0-based), or the last
     epoch trained when none was counted (the model then keeps its latest
     weights). List it after the `PopulationRiskEstimate` in `callbacks=`.
+
+    Without a wave the lowest `pop_risk` is often the first counted epoch
+    (`pop_risk` rises as the training loss falls), so a run whose accuracy
+    kept rising is rolled back to it: on the benchmark's v4 held-out tasks
+    that cost more than 2 % accuracy on about a third of the cells. If the
+    history shows `pop_risk_wave` at 0 throughout, prefer the latest
+    weights (a `keras.callbacks.ModelCheckpoint` saves them each epoch).
 
     Args:
         patience: Epochs without a lower `pop_risk` before stopping.

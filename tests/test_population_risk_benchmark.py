@@ -438,3 +438,18 @@ def test_mnist1d_sym40():
     assert np.array_equal(sym30["train"][0], x)
     changed30, changed40 = sym30["test"][1] != yc, yt != yc
     assert not np.all(changed40[changed30])  # one stream would change a superset
+
+
+def test_real_label_noise_datasets_are_scored_as_label_noise():
+    """Every real classification dataset with injected noise (its name ends
+    in `_symNN` or `_pairNN`) is a label-noise cell; the regression data is not.
+    v4's two were once missing from the list (see population_risk_v4.md)."""
+    from pop_risk.real import REAL
+
+    noisy = [n for n in REAL if n.rsplit("_", 1)[-1].startswith(("sym", "pair"))]
+    assert sorted(noisy) == ["breast_cancer_sym20", "fair_sym25", "mnist1d_pair20",
+                             "mnist1d_sym30", "mnist1d_sym40"]
+    for name in REAL:
+        loss = "mse" if name in ("diabetes", "randhie") else "sparse_ce"
+        rec = {"loss": loss, "info": {"family": "real", "name": name}}
+        assert score.group(rec) == ("R" if loss == "mse" else "LN"), name

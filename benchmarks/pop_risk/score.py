@@ -64,8 +64,16 @@ def label_noise_classification(rec):
         return False
     if "noise_rate" in info:
         return info["noise_rate"] > 0
-    return info.get("name") in ("noisy_digits", "digits_cnn", "mnist1d_sym30",
-                                "mnist1d_pair20", "breast_cancer_sym20")
+    return info.get("name") in REAL_LABEL_NOISE
+
+
+# Tasks whose records carry no `noise_rate` but whose training labels are
+# noisy on purpose: the seven-task suite's two and the real datasets with a
+# noise suffix (`pop_risk.real`). v4's two were missing here when v4 was
+# pre-registered, which filed them as noise-free (fixed after the held-out
+# scoring; population_risk_v4.md reports both).
+REAL_LABEL_NOISE = ("noisy_digits", "digits_cnn", "mnist1d_sym30", "mnist1d_pair20",
+                    "breast_cancer_sym20", "mnist1d_sym40", "fair_sym25")
 
 
 # ------------------------------------------------------------------ rules

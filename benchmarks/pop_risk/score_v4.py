@@ -328,7 +328,7 @@ def targets(summ):
     n = summ["number_kept"]
     rows.append((f"the number at the kept epoch within {100 * NUMBER_TOLERANCE:.0f} % on >= "
                  f"{100 * NUMBER_SHARE:.0f} % of cells",
-                 f"{100 * n['share_cells_within']:.0f} % (median error "
+                 f"{100 * n['share_cells_within']:.1f} % (median error "
                  f"{100 * n['median_rel_error']:.0f} %)", n["share_cells_within"] >= NUMBER_SHARE))
     e = summ["number_end"]
     rows.append(("the number at the end of training (reported)",
@@ -396,7 +396,15 @@ def markdown(cells, summaries, command):
              "Quality: clean held-out accuracy (%) for classification, held-out loss (same "
              "label noise as training) for regression; mean over seeds. Recipe: "
              "`PopulationRiskEstimate(x_train=..., y_train=...)` + `ValidationFreeStopping()` "
-             "(v4 held-out set: the library's own logs; design set: offline replica).", ""]
+             "(v4 held-out set: the library's own logs; design set: offline replica).", "",
+             "Deviation from the pre-registration (4045270), found when the held-out set was "
+             "first scored: the scorer's list of real datasets with injected label noise "
+             "(`score.REAL_LABEL_NOISE`) lacked v4's `fair_sym25` and `mnist1d_sym40`, which "
+             "filed them as noise-free. They are label-noise cells here. Scored as first "
+             "committed, the label-noise targets read: recipe >= holdout on 28 % of 46 cells, "
+             "-1.6 points on average; +2.7 points over Label Wave; +1.3 over gradient "
+             "disparity (no real label-noise dataset, so no per-dataset row). The rule, its "
+             "constants, the runs and every other target are unchanged.", ""]
     for name, title in (("v4-heldout", "v4 held-out set (generator seeds >= 2000, "
                          + ", ".join(V4_REAL) + ")"),
                         ("design", "v4 design set (everything recorded before: v3 design "
