@@ -405,6 +405,8 @@ def headline(part, summ):
 
 def markdown(cells, summaries, command, runs=None):
     lines = ["# Stopping without a validation set: population-risk benchmark v3", "",
+             "keras_snr 0.1's rule. Version 0.2's rule, on these runs (its design set) "
+             "and on a fresh held-out set, is scored in population_risk_v4.md.", "",
              f"Command: `{command}`", "",
              "Quality: clean held-out accuracy (%) for classification, held-out loss "
              "(same label noise as training) for regression; mean over seeds. "
