@@ -1,0 +1,495 @@
+"""Does the SNR gate change what a model learns, beyond a smaller step?
+(issue 21, step 1: the gate study on the design tasks).
+
+Every arm trains the same task from the same initial weights (same seed),
+at the task's learning rate (or schedule) and decoupled weight decay, to
+the task's last epoch, and records per epoch the held-out quality: clean
+test accuracy for classification, held-out loss (same noise as training)
+for regression. Reported per group, mean over cells (a cell is a task,
+mean over seeds): trained to the end, and at the best epoch (an oracle).
+
+Arms (the task's lr is `lr`):
+
+- `adamw`: `keras.optimizers.AdamW` (Keras defaults except lr and decay);
+- `adamw_lr0.3`, `adamw_lr0.1`: the same at 0.3 lr and 0.1 lr, the
+  smaller-step control;
+- `snr_a1`: `SNRAdam()`'s defaults (gate "snr", alpha 1);
+- `snr_finite`: alpha = `finite_dataset_alpha(batch, n)` (mostly open);
+- `soft_a1`, `soft_a1_s0.25`: the paper's gate at alpha 1, softness 1 and
+  0.25 (for "snr", softness only rescales alpha, so it has no arm);
+- `hard_a1`: the hard threshold at alpha 1;
+- `snr_a1_per_tensor`: `reduction="per_tensor"`;
+- `grokfast`: AdamW on Grokfast-EMA gradients (alpha 0.98, lamb 2), the
+  peer that does speed up grokking (benchmarks/tasks/grokking.py).
+
+Tasks (`DESIGN`): the generator's design seeds whose runs are cheapest
+(all 11 MLPs, both regression CNNs, five of the 11 transformers, two of
+them noise-free)
+and the seven tasks of `pop_risk/tasks.py`; two of those are grokking-like
+(modular arithmetic). Groups: label-noise classification, noise-free
+classification, regression, grokking-like.
+
+Declared before the first run (what "a gate effect survives the
+smaller-step control" means here): an arm's effect survives in a group when
+its mean, trained to the end, is better than the best of the three AdamW
+arms' means in that group, and it is at least as good as that best control
+on more than half of the group's cells. Design tasks only: this picks no
+default; candidates are judged later on fresh generator seeds >= 3000.
+
+Step 2 (issue 21), pre-registered before any run of its held-out set:
+
+- Candidates: the prototypes of `CANDIDATES` (a relative gate, a
+  normalised gate, the weight decay gated too), next to the study's SNRAdam
+  arms. `choose(design records)` picks one mechanically from the design
+  runs: with dC and dLN the arm's mean end quality minus `adamw`'s on the
+  noise-free and the label-noise classification cells (points), the arms
+  with dC >= -0.5 are eligible and the one with the largest dLN wins (ties:
+  the first in `ARMS` order); if none is eligible, the largest dLN + dC.
+- Held-out set (`--set heldout`): generator seeds 3000-3023 (the v4
+  distribution: n up to 20,000, 30-120 epochs, schedules, dropout), 3
+  seeds, arms `HELDOUT_ARMS` plus the chosen one: AdamW, AdamW with the
+  README's validation-free stopping (`adamw_recipe`), `SNRAdam()` as
+  shipped (`snr_a1`) and the finite-dataset alpha.
+- Targets (`targets`): (T1) `SNRAdam()` with its defaults trained to the
+  end is on noise-free classification cells no more than 0.5 points below
+  AdamW on average and on >= 80 % of cells, and on label-noise cells at
+  least AdamW on average; (T2) the chosen setting trained to the end is at
+  least `adamw_recipe` on label-noise cells on average, while meeting T1's
+  noise-free part. Both are also reported for every held-out arm.
+
+Usage (JAX, one thread per process, resumable: one JSON per run):
+    python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --shard 0/2  # and 1/2
+    python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --score-only \\
+        --out benchmarks/results/gate_study
+    python benchmarks/gate_study.py --quick --tasks gen:0 seven:grokking --raw /tmp/g
+    # step 2: the candidates on the design tasks, then the held-out set
+    python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 \
+        --arms snr_a1_rel snr_a1_norm snr_a1_gated_decay
+    python benchmarks/gate_study.py --set heldout --raw /tmp/gate/raw --design-raw \
+        /tmp/gate/raw --seeds 3 --shard 0/2   # and 1/2; then --score-only --out ...
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _common import set_threads  # noqa: E402  (benchmarks/ is on sys.path)
+
+ARMS = {
+    "adamw": dict(kind="adamw"),
+    "adamw_lr0.3": dict(kind="adamw", lr_scale=0.3),
+    "adamw_lr0.1": dict(kind="adamw", lr_scale=0.1),
+    "snr_a1": dict(kind="snr"),
+    "snr_finite": dict(kind="snr", alpha="finite"),
+    "soft_a1": dict(kind="snr", gate="soft"),
+    "soft_a1_s0.25": dict(kind="snr", gate="soft", softness=0.25),
+    "hard_a1": dict(kind="snr", gate="hard"),
+    "snr_a1_per_tensor": dict(kind="snr", reduction="per_tensor"),
+    "grokfast": dict(kind="grokfast"),
+}
+# Issue 21, step 2: candidates, prototyped here as subclasses of SNRAdam
+# (its per-variable update path; tests/test_benchmarks.py checks them against
+# NumPy) before any of them goes into SNRAdam. Not in the default arms.
+CANDIDATES = {
+    # q / mean(q) per tensor, capped at 1: coordinates at or above the
+    # tensor's mean gate take Adam's step, the others a share of it
+    "snr_a1_rel": dict(kind="candidate", variant="relative"),
+    # q / mean(q) per tensor, capped at 10: the tensor's mean step is Adam's
+    "snr_a1_norm": dict(kind="candidate", variant="normalised"),
+    # the decoupled weight decay gated by the same q
+    "snr_a1_gated_decay": dict(kind="candidate", variant="gated_decay"),
+}
+STUDY = list(ARMS)
+ARMS.update(CANDIDATES)
+# AdamW dynamics (`SNRAdam(gate=None)`) with the README's validation-free
+# stopping (`PopulationRiskEstimate` + `ValidationFreeStopping`); its "end" is
+# the weights the recipe kept. Issue 21's second target compares with it.
+ARMS["adamw_recipe"] = dict(kind="adamw_recipe")
+CONTROLS = ("adamw", "adamw_lr0.3", "adamw_lr0.1")
+GEN = (0, 6, 7, 8, 9, 11, 16, 17, 19, 21, 22,  # MLPs
+       1, 18,  # CNNs (regression)
+       10, 12, 23, 5, 13)  # transformers (5, 13: noise-free)
+SEVEN = ("noisy_digits", "digits_cnn", "teacher_student", "noisy_image", "markov_lm",
+         "modular_addition", "grokking")
+DESIGN = [f"gen:{i}" for i in GEN] + [f"seven:{t}" for t in SEVEN]
+HELDOUT = [f"gen:{i}" for i in range(3000, 3024)]
+HELDOUT_ARMS = ("adamw", "adamw_recipe", "snr_a1", "snr_finite")
+NOISE_FREE_MARGIN = 0.005  # T1: at most 0.5 points below AdamW
+NOISE_FREE_SHARE = 0.8  # T1: on >= 80 % of noise-free cells
+GROKKING_LIKE = ("seven:modular_addition", "seven:grokking")
+GROUPS = (("LN", "label-noise classification (clean accuracy %)"),
+          ("C", "noise-free classification (clean accuracy %)"),
+          ("R", "regression (held-out loss)"),
+          ("G", "grokking-like (clean accuracy %)"))
+
+
+def candidate_class(keras_snr, variant):
+    """A prototype `SNRAdam` subclass for a candidate of `CANDIDATES`."""
+    from keras import ops
+
+    class Candidate(keras_snr.SNRAdam):
+        def _gate_of(self, m, s, c1, cs):
+            q = super()._gate_of(m, s, c1, cs)
+            if variant in ("relative", "normalised"):
+                cap = 1.0 if variant == "relative" else 10.0
+                q = ops.minimum(q / (ops.mean(q) + 1e-12), cap)
+            return q
+
+        def _apply_weight_decay(self, variables):
+            if variant != "gated_decay":
+                super()._apply_weight_decay(variables)
+
+        def update_step(self, gradient, variable, learning_rate):
+            use = variant == "gated_decay" and self.weight_decay is not None
+            self._decay_now = self.weight_decay if use and self._use_weight_decay(
+                variable) else 0.0
+            super().update_step(gradient, variable, learning_rate)
+
+        def _update(self, g, w, m, v, s, lr, t):
+            new_w, new_m, new_v, new_s = super()._update(g, w, m, v, s, lr, t)
+            if variant == "gated_decay" and self._decay_now:
+                dtype = w.dtype
+                c1 = ops.cast(keras_snr.snr_adam.bias_correction(self.beta_1, t), dtype)
+                cs = ops.cast(keras_snr.snr_adam.bias_correction(self.rho, t), dtype)
+                q = self._gate_of(new_m, new_s, c1, cs)
+                q = ops.where(ops.equal(t, 1.0), ops.ones((), dtype), q)
+                new_w = new_w - w * (lr * self._decay_now) * q
+            return new_w, new_m, new_v, new_s
+
+    return Candidate
+
+
+def make_optimizer(arm, task, n, keras, keras_snr, runs):
+    """The optimizer of `arm` for `task` fitted on `n` examples."""
+    spec = ARMS[arm]
+    scaled = dict(task, lr=task["lr"] * spec.get("lr_scale", 1.0))
+    lr = runs.learning_rate(scaled, n)
+    wd, beta_2 = task["weight_decay"], task.get("beta_2", 0.999)
+    if spec["kind"] == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd or 0.0, beta_2=beta_2)
+    if spec["kind"] == "adamw_recipe":
+        return keras_snr.SNRAdam(gate=None, learning_rate=lr, weight_decay=wd, beta_2=beta_2)
+    if spec["kind"] == "grokfast":
+        from tasks.grokking import GrokfastAdamW
+
+        return GrokfastAdamW(learning_rate=lr, weight_decay=wd or 0.0, beta_2=beta_2,
+                             grokfast_alpha=0.98, grokfast_lamb=2.0)
+    if spec["kind"] == "candidate":
+        # fused=False on torch: its fast path would bypass the overridden hooks
+        return candidate_class(keras_snr, spec["variant"])(
+            learning_rate=lr, weight_decay=wd, beta_2=beta_2,
+            fused=keras.backend.backend() != "torch")
+    alpha = spec.get("alpha", 1.0)
+    if alpha == "finite":
+        alpha = keras_snr.finite_dataset_alpha(task["batch"], n)
+    return keras_snr.SNRAdam(learning_rate=lr, weight_decay=wd, beta_2=beta_2,
+                             gate=spec.get("gate", "snr"), alpha=alpha,
+                             softness=spec.get("softness", 1.0),
+                             reduction=spec.get("reduction", "elementwise"))
+
+
+def group(name, task):
+    if name in GROKKING_LIKE:
+        return "G"
+    if task["loss"] == "mse":
+        return "R"
+    from pop_risk import score
+
+    info = {"name": name.split(":")[1]}
+    if name.startswith("gen:"):
+        from pop_risk.generator import draw_spec
+
+        info = {"noise_rate": draw_spec(int(name[4:]))["noise_rate"]}
+    return "LN" if score.label_noise_classification({"loss": "sparse_ce", "info": info}) else "C"
+
+
+def run(name, arm, seed, quick):
+    """Train `name` with `arm` from seed `seed`; the per-epoch record."""
+    import keras
+    import numpy as np
+    from population_risk_benchmark import make_task
+    from pop_risk import runs
+
+    import keras_snr
+
+    task = make_task(name, seed, quick)
+    (x, y), n = task["train"], len(task["train"][0])
+    kind = task["loss"]
+    xt, yt = task["test"]
+    xc, yc = task["clean_test"]
+    history = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            rec = {"loss": float(logs["loss"])}
+            rec.update(runs.metrics(kind, yt, runs.predict(self.model, xt), "heldout_"))
+            rec.update(runs.metrics(kind, yc, runs.predict(self.model, xc), "clean_"))
+            opt = self.model.optimizer
+            if isinstance(opt, keras_snr.SNRAdam) and opt.gate is not None:  # mean gate
+                st, total, count = opt.statistics(), 0.0, 0
+                for q, m in zip(st.gate, st.momentum):
+                    if m is not None:
+                        q = np.broadcast_to(np.asarray(q, "float64"), np.shape(m))
+                        total, count = total + q.sum(), count + q.size
+                rec["mean_gate"] = total / count
+            history.append(rec)
+
+    keras.utils.set_random_seed(seed)
+    model = task["build"]()
+    model.compile(optimizer=make_optimizer(arm, task, n, keras, keras_snr, runs),
+                  loss=runs.keras_loss(kind))
+    callbacks = [Record()]
+    recipe = ARMS[arm]["kind"] == "adamw_recipe"
+    if recipe:
+        stopping = keras_snr.ValidationFreeStopping()
+        callbacks = runs.library_callbacks(task, task["train"]) + callbacks + [stopping]
+    t0 = time.perf_counter()
+    model.fit(x, y, batch_size=task["batch"], epochs=task["epochs"], shuffle=True, verbose=0,
+              callbacks=callbacks)
+    out = dict(task=name, arm=arm, seed=seed, quick=quick, group=group(name, task), n=n,
+               batch=task["batch"], epochs=history, wall=time.perf_counter() - t0,
+               backend=keras.backend.backend())
+    if recipe:  # the weights the recipe kept (restored at the end of training)
+        kept = runs.metrics(kind, yt, runs.predict(model, xt), "heldout_")
+        kept.update(runs.metrics(kind, yc, runs.predict(model, xc), "clean_"))
+        out["kept"] = dict(kept, epoch=int(stopping.best_epoch) + 1)
+    return out
+
+
+def quality(rec, epoch):
+    e = rec["epochs"][epoch]
+    return e["heldout_loss"] if rec["group"] == "R" else e["clean_acc"]
+
+
+def end_quality(rec):
+    """Quality of the weights the run ends with: the last epoch's, or for the
+    recipe arm the weights it kept."""
+    if "kept" in rec:
+        return rec["kept"]["heldout_loss" if rec["group"] == "R" else "clean_acc"]
+    return quality(rec, len(rec["epochs"]) - 1)
+
+
+def better(group_name, a, b):
+    """Is quality `a` at least as good as `b`?"""
+    return a <= b if group_name == "R" else a >= b
+
+
+def summarise(records):
+    """{group: {arm: {end, best, cells: {task: (end, best)}}}}."""
+    import numpy as np
+
+    cells = {}
+    for r in records:
+        q = [quality(r, i) for i in range(len(r["epochs"]))]
+        best = min(q) if r["group"] == "R" else max(q)
+        gates = [e.get("mean_gate") for e in r["epochs"] if e.get("mean_gate") is not None]
+        cells.setdefault((r["group"], r["arm"], r["task"]), []).append(
+            (end_quality(r), best, float(np.mean(gates)) if gates else None))
+    out = {}
+    for (g, arm, task), vals in cells.items():
+        end, best = float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals]))
+        gate = [v[2] for v in vals if v[2] is not None]
+        arm_out = out.setdefault(g, {}).setdefault(arm, {"cells": {}, "gate": []})
+        arm_out["cells"][task] = (end, best)
+        arm_out["gate"] += gate
+    for g, arms in out.items():
+        for arm, a in arms.items():
+            a["end"] = float(np.mean([v[0] for v in a["cells"].values()]))
+            a["best"] = float(np.mean([v[1] for v in a["cells"].values()]))
+            a["mean_gate"] = float(np.mean(a["gate"])) if a["gate"] else None
+            del a["gate"]
+        controls = [c for c in CONTROLS if c in arms]
+        if not controls:
+            continue
+        best_control = (min if g == "R" else max)(controls, key=lambda c: arms[c]["end"])
+        for arm, a in arms.items():
+            tasks = [t for t in a["cells"] if t in arms[best_control]["cells"]]
+            wins = [better(g, a["cells"][t][0], arms[best_control]["cells"][t][0])
+                    for t in tasks]
+            a["vs_best_control"] = {
+                "control": best_control, "cells": len(tasks),
+                "share_at_least": float(np.mean(wins)) if wins else None,
+                "mean_difference": a["end"] - arms[best_control]["end"]}
+            a["survives"] = bool(arm not in CONTROLS and wins
+                                 and better(g, a["end"], arms[best_control]["end"])
+                                 and a["end"] != arms[best_control]["end"]
+                                 and np.mean(wins) > 0.5)
+    return out
+
+
+def paired(arms, arm, other):
+    """Mean over the cells both arms have of `arm`'s end minus `other`'s,
+    and those cells' per-cell differences."""
+    a, b = arms[arm]["cells"], arms[other]["cells"]
+    diffs = [a[t][0] - b[t][0] for t in a if t in b]
+    return (sum(diffs) / len(diffs) if diffs else float("nan")), diffs
+
+
+def choose(summary):
+    """The step-2 arm picked from the design summary (see the docstring)."""
+    ln, c = summary.get("LN", {}), summary.get("C", {})
+    scored = []
+    for arm in ARMS:
+        spec = ARMS[arm]
+        if spec["kind"] not in ("snr", "candidate") or arm not in ln or arm not in c:
+            continue
+        scored.append((arm, paired(ln, arm, "adamw")[0], paired(c, arm, "adamw")[0]))
+    eligible = [x for x in scored if x[2] >= -NOISE_FREE_MARGIN]
+    if eligible:
+        return max(eligible, key=lambda x: x[1])[0]  # max keeps the first of ties
+    return max(scored, key=lambda x: x[1] + x[2])[0]
+
+
+def targets(summary, chosen):
+    """[(target, arm, measured, met)] of issue 21 on a (held-out) summary."""
+    ln, c = summary.get("LN", {}), summary.get("C", {})
+    rows = []
+    for arm in [a for a in ARMS if a in ln and a in c and a != "adamw"]:
+        d_c, diffs = paired(c, arm, "adamw")
+        share = sum(d >= -NOISE_FREE_MARGIN for d in diffs) / len(diffs)
+        noise_free = d_c >= -NOISE_FREE_MARGIN and share >= NOISE_FREE_SHARE
+        d_ln = paired(ln, arm, "adamw")[0]
+        tag = " (shipped default)" if arm == "snr_a1" else (" (chosen)" if arm == chosen
+                                                            else "")
+        rows.append(("T1: noise-free >= AdamW - 0.5 on average and on >= 80 % of cells; "
+                     "label noise >= AdamW", arm + tag,
+                     f"noise-free {100 * d_c:+.1f} points, {100 * share:.0f} % of cells; "
+                     f"label noise {100 * d_ln:+.1f}", noise_free and d_ln >= 0))
+        if "adamw_recipe" in ln and arm != "adamw_recipe":
+            d_r = paired(ln, arm, "adamw_recipe")[0]
+            rows.append(("T2: label noise >= AdamW + validation-free stopping, and T1's "
+                         "noise-free part", arm + tag, f"label noise {100 * d_r:+.1f} points",
+                         noise_free and d_r >= 0))
+    return rows
+
+
+def markdown(summary, command, seeds):
+    lines = ["# Gate study (issue 21, step 1): design tasks", "", f"Command: `{command}`", "",
+             f"Seeds per cell: {seeds}. Quality: clean test accuracy (%) for classification, "
+             "held-out loss (same noise as training) for regression; mean over cells (a cell: a "
+             "task, mean over seeds). 'end': the last epoch; 'best': the best epoch (an "
+             "oracle). 'vs best control': the arm's end minus the best AdamW arm's end in the "
+             "group (lr, 0.3 lr, 0.1 lr; named), and the share of cells where the arm is at "
+             "least that control. Mean gate: the mean over coordinates and epochs of the "
+             "gate q (1 = Adam's step).", ""]
+    for g, title in GROUPS:
+        arms = summary.get(g)
+        if not arms:
+            continue
+        cls = g != "R"
+        fmt = (lambda v: f"{100 * v:.1f}") if cls else (lambda v: f"{v:.3f}")
+        n_cells = len(next(iter(arms.values()))["cells"])
+        lines += [f"## {title}: {n_cells} cells", "",
+                  "| arm | end | best | vs best control (end) | cells at least it | mean gate "
+                  "| survives the control |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for arm in ARMS:
+            if arm not in arms:
+                continue
+            a, v = arms[arm], arms[arm].get("vs_best_control", {})
+            diff = v.get("mean_difference")
+            diff = "-" if diff is None else (f"{100 * diff:+.1f}" if cls else f"{diff:+.3f}")
+            share = v.get("share_at_least")
+            lines.append(
+                f"| {arm} | {fmt(a['end'])} | {fmt(a['best'])} | {diff} ({v.get('control')}) | "
+                + ("-" if share is None else f"{100 * share:.0f} %") + " | "
+                + ("-" if a["mean_gate"] is None else f"{a['mean_gate']:.2f}") + " | "
+                + ("-" if arm in CONTROLS else ("yes" if a.get("survives") else "no")) + " |")
+        lines += ["", "Per cell, trained to the end:", "",
+                  "| task | " + " | ".join(a for a in ARMS if a in arms) + " |",
+                  "| --- |" + " --- |" * sum(a in arms for a in ARMS)]
+        for task in sorted(next(iter(arms.values()))["cells"]):
+            lines.append(f"| {task} | " + " | ".join(
+                fmt(arms[a]["cells"][task][0]) if task in arms[a]["cells"] else "-"
+                for a in ARMS if a in arms) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def raw_name(task, arm, seed, quick):
+    return ("quick__" if quick else "") + f"{task.replace(':', '-')}__{arm}__{seed}.json"
+
+
+def load(raw, tasks, arms, seeds, quick):
+    """The recorded runs among `tasks` x `arms` x `range(seeds)` in `raw`."""
+    out = []
+    for task in tasks:
+        for arm in arms:
+            for seed in range(seeds):
+                path = os.path.join(raw, raw_name(task, arm, seed, quick))
+                if os.path.exists(path):
+                    with open(path) as f:
+                        out.append(json.load(f))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--set", choices=("design", "heldout"), default="design")
+    parser.add_argument("--tasks", nargs="*", default=None, help="overrides --set")
+    parser.add_argument("--arms", nargs="*", default=None, choices=list(ARMS),
+                        help="default: the study's (design), HELDOUT_ARMS + the chosen one")
+    parser.add_argument("--design-raw", default=None,
+                        help="the design runs the held-out set's chosen arm comes from")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="toy size")
+    parser.add_argument("--raw", default="/tmp/gate/raw")
+    parser.add_argument("--shard", default="0/1", help="i/k: run every k-th run from i")
+    parser.add_argument("--score-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="prefix of the outputs: OUT.md, OUT.json")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    os.makedirs(args.raw, exist_ok=True)
+    chosen = None
+    if args.set == "heldout":
+        design = load(args.design_raw or args.raw, DESIGN, list(ARMS), 2, False)
+        chosen = choose(summarise(design))
+        print(f"# chosen on the design runs: {chosen}", flush=True)
+    if args.tasks is None:
+        args.tasks = HELDOUT if args.set == "heldout" else DESIGN
+    if args.arms is None:
+        args.arms = (list(HELDOUT_ARMS) + [chosen] * (chosen not in HELDOUT_ARMS)
+                     if args.set == "heldout" else STUDY)
+    todo = [(t, a, s) for s in range(args.seeds) for t in args.tasks for a in args.arms]
+    i, k = map(int, args.shard.split("/"))
+    records = []
+    for j, (task, arm, seed) in enumerate(todo):
+        path = os.path.join(args.raw, raw_name(task, arm, seed, args.quick))
+        if os.path.exists(path):
+            with open(path) as f:
+                records.append(json.load(f))
+            continue
+        if args.score_only or j % k != i:
+            continue
+        rec = run(task, arm, seed, args.quick)
+        with open(path, "w") as f:
+            json.dump(rec, f)
+        records.append(rec)
+        print(f"# {task:24s} {arm:18s} seed {seed}: {len(rec['epochs'])} epochs, "
+              f"{rec['wall']:.1f}s", flush=True)
+    if not records:
+        sys.exit("no runs recorded")
+    summary = summarise(records)
+    command = "python benchmarks/gate_study.py " + " ".join(sys.argv[1:])
+    text = markdown(summary, command, args.seeds)
+    if chosen is not None:
+        rows = targets(summary, chosen)
+        text += ("\n## Targets (issue 21), this set\n\nChosen on the design runs: "
+                 f"`{chosen}`.\n\n| target | arm | measured | met |\n| --- | --- | --- | --- |\n"
+                 + "".join(f"| {t} | {a} | {m} | {'yes' if ok else 'no'} |\n"
+                           for t, a, m, ok in rows))
+    print(text)
+    if args.out:
+        with open(args.out + ".md", "w") as f:
+            f.write(text)
+        with open(args.out + ".json", "w") as f:
+            json.dump({"command": command, "summary": summary, "runs": records}, f)
+
+
+if __name__ == "__main__":
+    main()
