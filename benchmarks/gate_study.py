@@ -50,6 +50,11 @@ Step 2 (issue 21), pre-registered before any run of its held-out set:
   seeds, arms `HELDOUT_ARMS` plus the chosen one: AdamW, AdamW with the
   README's validation-free stopping (`adamw_recipe`), `SNRAdam()` as
   shipped (`snr_a1`) and the finite-dataset alpha.
+- Deviation, committed before any held-out result was looked at (only
+  the first runs' wall times were): the 24 tasks would not finish within
+  the session, so the held-out set is the 18 of them whose run time,
+  estimated from the spec alone (`generator.v4_run_seconds`), is at most
+  45 s (`heldout_tasks`; dropped: 3008, 3009, 3011, 3012, 3013, 3020).
 - Targets (`targets`): (T1) `SNRAdam()` with its defaults trained to the
   end is on noise-free classification cells no more than 0.5 points below
   AdamW on average and on >= 80 % of cells, and on label-noise cells at
@@ -117,7 +122,19 @@ GEN = (0, 6, 7, 8, 9, 11, 16, 17, 19, 21, 22,  # MLPs
 SEVEN = ("noisy_digits", "digits_cnn", "teacher_student", "noisy_image", "markov_lm",
          "modular_addition", "grokking")
 DESIGN = [f"gen:{i}" for i in GEN] + [f"seven:{t}" for t in SEVEN]
-HELDOUT = [f"gen:{i}" for i in range(3000, 3024)]
+HELDOUT_SEEDS = range(3000, 3024)
+HELDOUT_SECONDS = 45.0  # deviation (see the docstring): tasks estimated slower are dropped
+
+
+def heldout_tasks():
+    """The held-out tasks: generator seeds 3000-3023 whose estimated run time
+    (`generator.v4_run_seconds`, from the spec alone) is at most 45 s."""
+    from pop_risk.generator import draw_spec
+    from pop_risk.generator import v4_run_seconds
+
+    return [f"gen:{i}" for i in HELDOUT_SEEDS if v4_run_seconds(draw_spec(i)) <= HELDOUT_SECONDS]
+
+
 HELDOUT_ARMS = ("adamw", "adamw_recipe", "snr_a1", "snr_finite")
 NOISE_FREE_MARGIN = 0.005  # T1: at most 0.5 points below AdamW
 NOISE_FREE_SHARE = 0.8  # T1: on >= 80 % of noise-free cells
@@ -451,7 +468,7 @@ def main():
         chosen = choose(summarise(design))
         print(f"# chosen on the design runs: {chosen}", flush=True)
     if args.tasks is None:
-        args.tasks = HELDOUT if args.set == "heldout" else DESIGN
+        args.tasks = heldout_tasks() if args.set == "heldout" else DESIGN
     if args.arms is None:
         args.arms = (list(HELDOUT_ARMS) + [chosen] * (chosen not in HELDOUT_ARMS)
                      if args.set == "heldout" else STUDY)
