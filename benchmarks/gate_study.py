@@ -72,9 +72,18 @@ Usage (JAX, one thread per process, resumable: one JSON per run):
         --arms snr_a1_rel snr_a1_norm snr_a1_gated_decay
     python benchmarks/gate_study.py --set heldout --raw /tmp/gate/raw --design-raw \
         /tmp/gate/raw --seeds 3 --shard 0/2   # and 1/2; then --score-only --out ...
+    # the committed reports, rescored from their run bundles (ARMS: every arm
+    # but adamw_recipe, as named in the report's command line)
+    python benchmarks/gate_study.py --raw benchmarks/results/gate_study_design_runs.json.gz \
+        --seeds 2 --arms ARMS --out benchmarks/results/gate_study_design
+    python benchmarks/gate_study.py --set heldout --seeds 3 \
+        --raw benchmarks/results/gate_study_heldout_runs.json.gz \
+        --design-raw benchmarks/results/gate_study_design_runs.json.gz \
+        --out benchmarks/results/gate_study_heldout
 """
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -356,6 +365,8 @@ def choose(summary):
         if spec["kind"] not in ("snr", "candidate") or arm not in ln or arm not in c:
             continue
         scored.append((arm, paired(ln, arm, "adamw")[0], paired(c, arm, "adamw")[0]))
+    if not scored:  # no label-noise and noise-free cells to choose on
+        return None
     eligible = [x for x in scored if x[2] >= -NOISE_FREE_MARGIN]
     if eligible:
         return max(eligible, key=lambda x: x[1])[0]  # max keeps the first of ties
@@ -385,8 +396,24 @@ def targets(summary, chosen):
     return rows
 
 
-def markdown(summary, command, seeds):
-    lines = ["# Gate study (issue 21, step 1): design tasks", "", f"Command: `{command}`", "",
+def choice_table(summary):
+    """Markdown rows of the step-2 choice on a design summary."""
+    ln, c = summary.get("LN", {}), summary.get("C", {})
+    chosen = choose(summary)
+    lines = ["## Step 2: the choice on these runs", "",
+             "dLN, dC: end minus AdamW's, label-noise and noise-free classification cells "
+             "(points); eligible: dC >= -0.5; chosen: the eligible arm with the largest dLN.",
+             "", "| arm | dLN | dC | eligible |", "| --- | --- | --- | --- |"]
+    for arm in ARMS:
+        if ARMS[arm]["kind"] in ("snr", "candidate") and arm in ln and arm in c:
+            d_ln, d_c = paired(ln, arm, "adamw")[0], paired(c, arm, "adamw")[0]
+            lines.append(f"| {arm}{' (chosen)' if arm == chosen else ''} | {100 * d_ln:+.1f} | "
+                         f"{100 * d_c:+.1f} | {'yes' if d_c >= -NOISE_FREE_MARGIN else 'no'} |")
+    return lines + [""]
+
+
+def markdown(summary, command, seeds, title="design tasks"):
+    lines = [f"# Gate study (issue 21): {title}", "", f"Command: `{command}`", "",
              f"Seeds per cell: {seeds}. Quality: clean test accuracy (%) for classification, "
              "held-out loss (same noise as training) for regression; mean over cells (a cell: a "
              "task, mean over seeds). 'end': the last epoch; 'best': the best epoch (an "
@@ -431,17 +458,33 @@ def raw_name(task, arm, seed, quick):
     return ("quick__" if quick else "") + f"{task.replace(':', '-')}__{arm}__{seed}.json"
 
 
+def bundled(raw):
+    """{file name: run} of a bundle of runs (`OUT_runs.json.gz`), or None
+    when `raw` is a folder of one JSON per run."""
+    if not raw.endswith(".json.gz"):
+        return None
+    with gzip.open(raw, "rt") as f:
+        return {raw_name(r["task"], r["arm"], r["seed"], r["quick"]): r for r in json.load(f)}
+
+
+def recorded(raw, bundle, name):
+    """The run recorded as `name` in `raw` (a folder) or `bundle`, or None."""
+    if bundle is not None:
+        return bundle.get(name)
+    path = os.path.join(raw, name)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
 def load(raw, tasks, arms, seeds, quick):
-    """The recorded runs among `tasks` x `arms` x `range(seeds)` in `raw`."""
-    out = []
-    for task in tasks:
-        for arm in arms:
-            for seed in range(seeds):
-                path = os.path.join(raw, raw_name(task, arm, seed, quick))
-                if os.path.exists(path):
-                    with open(path) as f:
-                        out.append(json.load(f))
-    return out
+    """The recorded runs among `tasks` x `arms` x `range(seeds)` in `raw`
+    (a folder or a bundle)."""
+    bundle = bundled(raw)
+    out = [recorded(raw, bundle, raw_name(t, a, s, quick))
+           for t in tasks for a in arms for s in range(seeds)]
+    return [r for r in out if r is not None]
 
 
 def main():
@@ -454,18 +497,23 @@ def main():
                         help="the design runs the held-out set's chosen arm comes from")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="toy size")
-    parser.add_argument("--raw", default="/tmp/gate/raw")
+    parser.add_argument("--raw", default="/tmp/gate/raw",
+                        help="a folder of runs (one JSON each), or a bundle OUT_runs.json.gz")
     parser.add_argument("--shard", default="0/1", help="i/k: run every k-th run from i")
     parser.add_argument("--score-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="prefix of the outputs: OUT.md, OUT.json")
     args = parser.parse_args()
     set_threads(args.threads)
-    os.makedirs(args.raw, exist_ok=True)
+    bundle = bundled(args.raw)  # a bundle is only scored
+    if bundle is None:
+        os.makedirs(args.raw, exist_ok=True)
     chosen = None
     if args.set == "heldout":
         design = load(args.design_raw or args.raw, DESIGN, list(ARMS), 2, False)
         chosen = choose(summarise(design))
+        if chosen is None:
+            sys.exit("no design runs to choose from (--design-raw)")
         print(f"# chosen on the design runs: {chosen}", flush=True)
     if args.tasks is None:
         args.tasks = heldout_tasks() if args.set == "heldout" else DESIGN
@@ -476,13 +524,14 @@ def main():
     i, k = map(int, args.shard.split("/"))
     records = []
     for j, (task, arm, seed) in enumerate(todo):
-        path = os.path.join(args.raw, raw_name(task, arm, seed, args.quick))
-        if os.path.exists(path):
-            with open(path) as f:
-                records.append(json.load(f))
+        name = raw_name(task, arm, seed, args.quick)
+        rec = recorded(args.raw, bundle, name)
+        if rec is not None:
+            records.append(rec)
             continue
-        if args.score_only or j % k != i:
+        if args.score_only or bundle is not None or j % k != i:
             continue
+        path = os.path.join(args.raw, name)
         rec = run(task, arm, seed, args.quick)
         with open(path, "w") as f:
             json.dump(rec, f)
@@ -493,7 +542,11 @@ def main():
         sys.exit("no runs recorded")
     summary = summarise(records)
     command = "python benchmarks/gate_study.py " + " ".join(sys.argv[1:])
-    text = markdown(summary, command, args.seeds)
+    title = ("held-out tasks (generator seeds 3000-3023, the 18 estimated at <= 45 s)"
+             if args.set == "heldout" else "design tasks")
+    text = markdown(summary, command, args.seeds, title)
+    if args.set == "design" and any(a in CANDIDATES for a in args.arms) and choose(summary):
+        text += "\n" + "\n".join(choice_table(summary))
     if chosen is not None:
         rows = targets(summary, chosen)
         text += ("\n## Targets (issue 21), this set\n\nChosen on the design runs: "
@@ -505,7 +558,9 @@ def main():
         with open(args.out + ".md", "w") as f:
             f.write(text)
         with open(args.out + ".json", "w") as f:
-            json.dump({"command": command, "summary": summary, "runs": records}, f)
+            json.dump({"command": command, "chosen": chosen, "summary": summary}, f, indent=1)
+        with gzip.open(args.out + "_runs.json.gz", "wt") as f:  # every run, per epoch
+            json.dump(records, f)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,8 @@ def test_gate_study_runs_at_toy_size(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _snapshot(results) == before, "a run with --out elsewhere wrote to benchmarks/results/"
     report = json.loads((tmp_path / "gate.json").read_text())
-    runs = {(r["task"], r["arm"]): r for r in report["runs"]}
+    with gzip.open(tmp_path / "gate_runs.json.gz", "rt") as f:
+        runs = {(r["task"], r["arm"]): r for r in json.load(f)}
     assert set(runs) == {(t, a) for t in ("gen:9", "seven:modular_addition") for a in arms}
     for (task, arm), r in runs.items():
         assert r["group"] == {"gen:9": "R", "seven:modular_addition": "G"}[task]
