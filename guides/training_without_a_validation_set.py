@@ -359,7 +359,7 @@ prefer the end-of-training weights.
 
 **The readable number.** At the epoch the recipe keeps,
 `heldout_loss_estimate` was within 25 % of the held-out loss (labels as
-noisy as in training) on 70 % of held-out cells (46 of 66; 80 % of the
+noisy as in training) on 46 of 66 held-out cells (69.7 %; 80 % of the
 label-noise cells, 2 of 8 noise-free ones, 4 of 8 regression ones), median
 error 11 %, and the interval `[heldout_loss_low, heldout_loss_high]`
 contained the held-out loss in 80 % of runs; at the end of training, 50 % of

@@ -189,7 +189,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
       loss, which was measured mostly on examples the model had not yet
       trained on), estimate = `(L + min(L_1, L + G)) / 2`. On the
       benchmark's v4 held-out tasks, at the epoch `ValidationFreeStopping`
-      kept, it was within 25 % of the held-out loss on 70 % of cells (80 %
+      kept, it was within 25 % of the held-out loss on 46 of 66 cells (80 %
       of label-noise ones, 2 of 8 noise-free classifiers), median error
       11 %; at the end of training on 50 %. The interval is wide late in
       training; README.md says how often each held.
