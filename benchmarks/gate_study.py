@@ -65,20 +65,20 @@ Step 2 (issue 21), pre-registered before any run of its held-out set:
 Usage (JAX, one thread per process, resumable: one JSON per run):
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --shard 0/2  # and 1/2
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --score-only \\
-        --out benchmarks/results/gate_study
+        --out benchmarks/results/gate_study_design
     python benchmarks/gate_study.py --quick --tasks gen:0 seven:grokking --raw /tmp/g
     # step 2: the candidates on the design tasks, then the held-out set
-    python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 \
+    python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 \\
         --arms snr_a1_rel snr_a1_norm snr_a1_gated_decay
-    python benchmarks/gate_study.py --set heldout --raw /tmp/gate/raw --design-raw \
+    python benchmarks/gate_study.py --set heldout --raw /tmp/gate/raw --design-raw \\
         /tmp/gate/raw --seeds 3 --shard 0/2   # and 1/2; then --score-only --out ...
     # the committed reports, rescored from their run bundles (ARMS: every arm
     # but adamw_recipe, as named in the report's command line)
-    python benchmarks/gate_study.py --raw benchmarks/results/gate_study_design_runs.json.gz \
+    python benchmarks/gate_study.py --raw benchmarks/results/gate_study_design_runs.json.gz \\
         --seeds 2 --arms ARMS --out benchmarks/results/gate_study_design
-    python benchmarks/gate_study.py --set heldout --seeds 3 \
-        --raw benchmarks/results/gate_study_heldout_runs.json.gz \
-        --design-raw benchmarks/results/gate_study_design_runs.json.gz \
+    python benchmarks/gate_study.py --set heldout --seeds 3 \\
+        --raw benchmarks/results/gate_study_heldout_runs.json.gz \\
+        --design-raw benchmarks/results/gate_study_design_runs.json.gz \\
         --out benchmarks/results/gate_study_heldout
 """
 
