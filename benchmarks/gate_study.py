@@ -256,13 +256,8 @@ def run(name, arm, seed, quick):
             rec.update(runs.metrics(kind, yt, runs.predict(self.model, xt), "heldout_"))
             rec.update(runs.metrics(kind, yc, runs.predict(self.model, xc), "clean_"))
             opt = self.model.optimizer
-            if isinstance(opt, keras_snr.SNRAdam) and opt.gate is not None:  # mean gate
-                st, total, count = opt.statistics(), 0.0, 0
-                for q, m in zip(st.gate, st.momentum):
-                    if m is not None:
-                        q = np.broadcast_to(np.asarray(q, "float64"), np.shape(m))
-                        total, count = total + q.sum(), count + q.size
-                rec["mean_gate"] = total / count
+            if isinstance(opt, keras_snr.SNRAdam) and opt.gate is not None:
+                rec["mean_gate"] = float(np.asarray(opt.gate_summary()["gate_mean"]))
             history.append(rec)
 
     keras.utils.set_random_seed(seed)
