@@ -250,11 +250,14 @@ def run(name, arm, seed, quick):
     xc, yc = task["clean_test"]
     history = []
 
+    def evaluate(model):  # held-out loss (noisy labels), clean loss and accuracy
+        out = runs.metrics(kind, yt, runs.predict(model, xt), "heldout_")
+        out.update(runs.metrics(kind, yc, runs.predict(model, xc), "clean_"))
+        return out
+
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            rec = {"loss": float(logs["loss"])}
-            rec.update(runs.metrics(kind, yt, runs.predict(self.model, xt), "heldout_"))
-            rec.update(runs.metrics(kind, yc, runs.predict(self.model, xc), "clean_"))
+            rec = dict(evaluate(self.model), loss=float(logs["loss"]))
             opt = self.model.optimizer
             if isinstance(opt, keras_snr.SNRAdam) and opt.gate is not None:
                 rec["mean_gate"] = float(np.asarray(opt.gate_summary()["gate_mean"]))
@@ -276,22 +279,23 @@ def run(name, arm, seed, quick):
                batch=task["batch"], epochs=history, wall=time.perf_counter() - t0,
                backend=keras.backend.backend())
     if recipe:  # the weights the recipe kept (restored at the end of training)
-        kept = runs.metrics(kind, yt, runs.predict(model, xt), "heldout_")
-        kept.update(runs.metrics(kind, yc, runs.predict(model, xc), "clean_"))
-        out["kept"] = dict(kept, epoch=int(stopping.best_epoch) + 1)
+        out["kept"] = dict(evaluate(model), epoch=int(stopping.best_epoch) + 1)
     return out
 
 
+def quality_key(rec):
+    return "heldout_loss" if rec["group"] == "R" else "clean_acc"
+
+
 def quality(rec, epoch):
-    e = rec["epochs"][epoch]
-    return e["heldout_loss"] if rec["group"] == "R" else e["clean_acc"]
+    return rec["epochs"][epoch][quality_key(rec)]
 
 
 def end_quality(rec):
     """Quality of the weights the run ends with: the last epoch's, or for the
     recipe arm the weights it kept."""
     if "kept" in rec:
-        return rec["kept"]["heldout_loss" if rec["group"] == "R" else "clean_acc"]
+        return rec["kept"][quality_key(rec)]
     return quality(rec, len(rec["epochs"]) - 1)
 
 
