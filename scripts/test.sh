@@ -53,45 +53,45 @@ else
     done
 fi
 run_floor() {
-if [ ${#floor_paths[@]} -eq 0 ]; then
-    echo "floor: skipped (none of the given test paths is a floor test)"
-    return 0
-fi
-# (Re)create .venv-floor when missing or when constraints-floor.txt changed.
-if ! cmp -s constraints-floor.txt .venv-floor/constraints-floor.txt; then
-    rm -rf .venv-floor
-    "${PYTHON:-python3}" -m venv .venv-floor \
-        && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
-            -c constraints-floor.txt keras "jax[cpu]" numpy pytest \
-        && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
-            --no-deps -e . \
-        && cp constraints-floor.txt .venv-floor/ \
-        || { echo "setting up .venv-floor failed"; rm -rf .venv-floor; }
-fi
-[ -x .venv-floor/bin/python ] || return 1
-# The cross-backend test loads the checkpoint on TensorFlow and PyTorch,
-# which .venv-floor does not have.
-KERAS_BACKEND=jax .venv-floor/bin/python -m pytest -q -p no:cacheprovider \
-    --deselect tests/test_saving.py::test_cross_backend_load_and_train \
-    ${options[@]+"${options[@]}"} "${floor_paths[@]}"
-local code=$?
-# With the caller's filters (-k ...), selecting no floor test is fine.
-if [ $code -eq 5 ] && [ $nargs -gt 0 ]; then code=0; fi
-return $code
+    if [ ${#floor_paths[@]} -eq 0 ]; then
+        echo "floor: skipped (none of the given test paths is a floor test)"
+        return 0
+    fi
+    # (Re)create .venv-floor when missing or when constraints-floor.txt changed.
+    if ! cmp -s constraints-floor.txt .venv-floor/constraints-floor.txt; then
+        rm -rf .venv-floor
+        "${PYTHON:-python3}" -m venv .venv-floor \
+            && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
+                -c constraints-floor.txt keras "jax[cpu]" numpy pytest \
+            && .venv-floor/bin/python -m pip install --quiet --disable-pip-version-check \
+                --no-deps -e . \
+            && cp constraints-floor.txt .venv-floor/ \
+            || { echo "setting up .venv-floor failed"; rm -rf .venv-floor; }
+    fi
+    [ -x .venv-floor/bin/python ] || return 1
+    # The cross-backend test loads the checkpoint on TensorFlow and PyTorch,
+    # which .venv-floor does not have.
+    KERAS_BACKEND=jax .venv-floor/bin/python -m pytest -q -p no:cacheprovider \
+        --deselect tests/test_saving.py::test_cross_backend_load_and_train \
+        ${options[@]+"${options[@]}"} "${floor_paths[@]}"
+    local code=$?
+    # With the caller's filters (-k ...), selecting no floor test is fine.
+    if [ $code -eq 5 ] && [ $nargs -gt 0 ]; then code=0; fi
+    return $code
 }
 nargs=$#
 
 # --- Run the four jobs, TEST_JOBS at a time.
 JOBS=(tensorflow jax torch floor)
-TITLES=("KERAS_BACKEND=tensorflow" "KERAS_BACKEND=jax" "KERAS_BACKEND=torch"
-        "KERAS_BACKEND=jax, oldest supported Keras ($(grep '^keras==' constraints-floor.txt))")
+declare -A TITLE=([tensorflow]="KERAS_BACKEND=tensorflow" [jax]="KERAS_BACKEND=jax"
+                  [torch]="KERAS_BACKEND=torch"
+                  [floor]="KERAS_BACKEND=jax, oldest supported Keras ($(grep '^keras==' constraints-floor.txt))")
 declare -A started pid_job
 status=0
 summary=""
 finish() {  # pid, exit code: print the job's log and record it
-    local job=${pid_job[$1]} code=$2 i
-    for i in "${!JOBS[@]}"; do [ "${JOBS[$i]}" = "$job" ] && break; done
-    echo "=== ${TITLES[$i]} ==="
+    local job=${pid_job[$1]} code=$2
+    echo "=== ${TITLE[$job]} ==="
     cat "$LOGS/$job.log"
     # Exit code 5 (no tests collected) is a failure too.
     summary="$summary\n$job: exit $code in $(( $(date +%s) - ${started[$job]} )) s"
