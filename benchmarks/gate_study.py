@@ -62,6 +62,33 @@ Step 2 (issue 21), pre-registered before any run of its held-out set:
   least `adamw_recipe` on label-noise cells on average, while meeting T1's
   noise-free part. Both are also reported for every held-out arm.
 
+Round 3 (issue 21's lead "an alpha raised when the callback's signals say
+memorisation has begun"), pre-registered before any of its runs:
+
+- Candidates (`SWITCHED`): SNRAdam starting at the finite-dataset alpha
+  (AdamW, in effect) whose alpha a callback listed after the README's
+  `PopulationRiskEstimate` raises to 1 (the shipped default) at the first
+  epoch end whose logs hold `pop_risk_ready` = 1 (`guard_ready`: after the
+  first minimum of prediction changes, Label Wave's point) or
+  `pop_risk_wave` = 1 (`guard_wave`: once a strong wave confirmed it).
+  Both train to the end; nothing is restored. For regression (no
+  prediction changes) both triggers fire at epoch 1.
+- Matched control, run with the chosen candidate on the held-out set: the
+  gate off (`SNRAdam(gate=None)`, Adam's math) and the step multiplied by
+  0.1 from the same trigger, read on its own run (`adamw_ready_lr0.1`,
+  `adamw_wave_lr0.1`); the decoupled decay is not scaled in either arm.
+- Choice (`choose(summary, round3=True)`), on the design tasks and seeds
+  (2), against the design runs of `adamw`: the rule of step 2 over the two
+  candidates.
+- Held-out set (`--set heldout3`), fresh generator seeds, 3 seeds per
+  cell: from seed 3024 upwards, the first 8 label-noise and the first 6
+  noise-free classification tasks whose estimated run time
+  (`generator.v4_run_seconds`) is at most 40 s (`heldout3_tasks`); arms
+  `adamw`, `adamw_recipe`, the chosen candidate and its control.
+- Targets: T1 and T2 as above for the chosen candidate; and whether it
+  beats its control on label-noise cells on average and on more than half
+  of them (the gate doing more than a smaller step would).
+
 Usage (JAX, one thread per process, resumable: one JSON per run):
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --shard 0/2  # and 1/2
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --score-only \\
@@ -80,6 +107,11 @@ Usage (JAX, one thread per process, resumable: one JSON per run):
         --raw benchmarks/results/gate_study_heldout_runs.json.gz \\
         --design-raw benchmarks/results/gate_study_design_runs.json.gz \\
         --out benchmarks/results/gate_study_heldout
+    # round 3: the two candidates on the design tasks, then the held-out set
+    python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 \\
+        --arms adamw guard_ready guard_wave --shard 0/2   # and 1/2
+    python benchmarks/gate_study.py --set heldout3 --raw /tmp/gate/raw3 \\
+        --design-raw /tmp/gate/raw --seeds 3 --shard 0/2   # and 1/2
 """
 
 import argparse
@@ -118,8 +150,20 @@ CANDIDATES = {
     # the decoupled weight decay gated by the same q
     "snr_a1_gated_decay": dict(kind="candidate", variant="gated_decay"),
 }
+# Round 3 (see the docstring): alpha (or, for the control, the step)
+# switched by a callback at the first epoch end whose logs hold TRIGGER = 1.
+SWITCHED = {
+    "guard_ready": dict(kind="switched", trigger="pop_risk_ready", gated=True, after=1.0),
+    "guard_wave": dict(kind="switched", trigger="pop_risk_wave", gated=True, after=1.0),
+    "adamw_ready_lr0.1": dict(kind="switched", trigger="pop_risk_ready", gated=False,
+                              after=0.1),
+    "adamw_wave_lr0.1": dict(kind="switched", trigger="pop_risk_wave", gated=False,
+                             after=0.1),
+}
+ROUND3 = ("guard_ready", "guard_wave")
 STUDY = list(ARMS)
 ARMS.update(CANDIDATES)
+ARMS.update(SWITCHED)
 # AdamW dynamics (`SNRAdam(gate=None)`) with the README's validation-free
 # stopping (`PopulationRiskEstimate` + `ValidationFreeStopping`); its "end" is
 # the weights the recipe kept. Issue 21's second target compares with it.
@@ -142,6 +186,28 @@ def heldout_tasks():
     from pop_risk.generator import v4_run_seconds
 
     return [f"gen:{i}" for i in HELDOUT_SEEDS if v4_run_seconds(draw_spec(i)) <= HELDOUT_SECONDS]
+
+
+HELDOUT3_SECONDS = 40.0
+HELDOUT3_COUNTS = {"LN": 8, "C": 6}
+
+
+def heldout3_tasks():
+    """Round 3's held-out tasks: from generator seed 3024 up, the first 8
+    label-noise and 6 noise-free classification tasks estimated at <= 40 s."""
+    from pop_risk.generator import draw_spec
+    from pop_risk.generator import v4_run_seconds
+
+    picked = {"LN": [], "C": []}
+    seed = 3024
+    while any(len(picked[g]) < k for g, k in HELDOUT3_COUNTS.items()):
+        spec = draw_spec(seed)
+        if spec["kind"] == "classification" and v4_run_seconds(spec) <= HELDOUT3_SECONDS:
+            g = "LN" if spec["noise_rate"] > 0 else "C"
+            if len(picked[g]) < HELDOUT3_COUNTS[g]:
+                picked[g].append(seed)
+        seed += 1
+    return [f"gen:{i}" for i in sorted(picked["LN"] + picked["C"])]
 
 
 HELDOUT_ARMS = ("adamw", "adamw_recipe", "snr_a1", "snr_finite")
@@ -190,6 +256,61 @@ def candidate_class(keras_snr, variant):
     return Candidate
 
 
+def switched_class(keras_snr, gated):
+    """A prototype `SNRAdam` subclass whose alpha (`gated`) or step factor
+    (the gate off) is an optimizer variable, `switch`, that a callback sets
+    during `fit()` (round 3)."""
+    import keras
+    from keras import ops
+
+    class Switched(keras_snr.SNRAdam):
+        def __init__(self, start, **kwargs):
+            super().__init__(**kwargs)
+            self.start = float(start)
+
+        def build(self, var_list):
+            if self.built:
+                return
+            super().build(var_list)
+            self.switch = self.add_variable(
+                shape=(), dtype="float32", name="switch",
+                initializer=keras.initializers.Constant(self.start))
+
+        def _gate_of(self, m, s, c1, cs):
+            if not gated:
+                return super()._gate_of(m, s, c1, cs)
+            alpha, self.alpha = self.alpha, ops.cast(self.switch, m.dtype)
+            try:  # the variable, read where the update is traced
+                return super()._gate_of(m, s, c1, cs)
+            finally:
+                self.alpha = alpha
+
+        def _update(self, g, w, m, v, s, lr, t):
+            if not gated:
+                lr = lr * ops.cast(self.switch, lr.dtype)
+            return super()._update(g, w, m, v, s, lr, t)
+
+    return Switched
+
+
+def switch_callback(keras, trigger, after):
+    """Sets the optimizer's `switch` to `after` at the first epoch end whose
+    logs hold `trigger` = 1; `epoch` is that epoch (1-based) or None."""
+
+    class Switch(keras.callbacks.Callback):
+        epoch = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.epoch is None and (logs or {}).get(trigger, 0.0) >= 0.5:
+                self.epoch = epoch + 1
+                opt = self.model.optimizer
+                opt.switch.assign(after)
+                if opt.gate is not None:  # the float `gate_summary` compares with
+                    opt.alpha = float(after)
+
+    return Switch()
+
+
 def make_optimizer(arm, task, n, keras, keras_snr, runs):
     """The optimizer of `arm` for `task` fitted on `n` examples."""
     spec = ARMS[arm]
@@ -205,6 +326,12 @@ def make_optimizer(arm, task, n, keras, keras_snr, runs):
 
         return GrokfastAdamW(learning_rate=lr, weight_decay=wd or 0.0, beta_2=beta_2,
                              grokfast_alpha=0.98, grokfast_lamb=2.0)
+    if spec["kind"] == "switched":  # fused=False on torch, as the candidates
+        start = keras_snr.finite_dataset_alpha(task["batch"], n) if spec["gated"] else 1.0
+        return switched_class(keras_snr, spec["gated"])(
+            start, learning_rate=lr, weight_decay=wd, beta_2=beta_2,
+            gate="snr" if spec["gated"] else None, alpha=start if spec["gated"] else 1.0,
+            fused=keras.backend.backend() != "torch")
     if spec["kind"] == "candidate":
         # fused=False on torch: its fast path would bypass the overridden hooks
         return candidate_class(keras_snr, spec["variant"])(
@@ -269,9 +396,13 @@ def run(name, arm, seed, quick):
                   loss=runs.keras_loss(kind))
     callbacks = [Record()]
     recipe = ARMS[arm]["kind"] == "adamw_recipe"
+    switch = None
     if recipe:
         stopping = keras_snr.ValidationFreeStopping()
         callbacks = runs.library_callbacks(task, task["train"]) + callbacks + [stopping]
+    elif ARMS[arm]["kind"] == "switched":
+        switch = switch_callback(keras, ARMS[arm]["trigger"], ARMS[arm]["after"])
+        callbacks = runs.library_callbacks(task, task["train"]) + [switch] + callbacks
     t0 = time.perf_counter()
     model.fit(x, y, batch_size=task["batch"], epochs=task["epochs"], shuffle=True, verbose=0,
               callbacks=callbacks)
@@ -280,6 +411,8 @@ def run(name, arm, seed, quick):
                backend=keras.backend.backend())
     if recipe:  # the weights the recipe kept (restored at the end of training)
         out["kept"] = dict(evaluate(model), epoch=int(stopping.best_epoch) + 1)
+    if switch is not None:
+        out["switched_at"] = switch.epoch
     return out
 
 
@@ -355,13 +488,15 @@ def paired(arms, arm, other):
     return (sum(diffs) / len(diffs) if diffs else float("nan")), diffs
 
 
-def choose(summary):
-    """The step-2 arm picked from the design summary (see the docstring)."""
+def choose(summary, round3=False):
+    """The arm picked from the design summary (see the docstring): step 2's
+    among the SNRAdam arms and candidates, or round 3's among `ROUND3`."""
     ln, c = summary.get("LN", {}), summary.get("C", {})
     scored = []
     for arm in ARMS:
         spec = ARMS[arm]
-        if spec["kind"] not in ("snr", "candidate") or arm not in ln or arm not in c:
+        pool = arm in ROUND3 if round3 else spec["kind"] in ("snr", "candidate")
+        if not pool or arm not in ln or arm not in c:
             continue
         scored.append((arm, paired(ln, arm, "adamw")[0], paired(c, arm, "adamw")[0]))
     if not scored:  # no label-noise and noise-free cells to choose on
@@ -372,10 +507,25 @@ def choose(summary):
     return max(scored, key=lambda x: x[1] + x[2])[0]
 
 
-def targets(summary, chosen):
-    """[(target, arm, measured, met)] of issue 21 on a (held-out) summary."""
+def control_of(arm):
+    """Round 3: the matched control of a candidate (same trigger, the gate
+    off, the step times 0.1)."""
+    return f"adamw_{ARMS[arm]['trigger'].split('_')[-1]}_lr0.1"
+
+
+def targets(summary, chosen, round3=False):
+    """[(target, arm, measured, met)] of issue 21 on a (held-out) summary;
+    in round 3 also the chosen candidate against its matched control."""
     ln, c = summary.get("LN", {}), summary.get("C", {})
     rows = []
+    control = control_of(chosen) if round3 else None
+    if control in ln and chosen in ln:
+        d, diffs = paired(ln, chosen, control)
+        share = sum(x > 0 for x in diffs) / len(diffs)
+        rows.append(("T3: label noise above its matched control (same trigger, step x 0.1) "
+                     "on average and on more than half of the cells", chosen,
+                     f"{100 * d:+.1f} points, above on {100 * share:.0f} % of cells",
+                     d > 0 and share > 0.5))
     for arm in [a for a in ARMS if a in ln and a in c and a != "adamw"]:
         d_c, diffs = paired(c, arm, "adamw")
         share = sum(d >= -NOISE_FREE_MARGIN for d in diffs) / len(diffs)
@@ -395,16 +545,17 @@ def targets(summary, chosen):
     return rows
 
 
-def choice_table(summary):
-    """Markdown rows of the step-2 choice on a design summary."""
+def choice_table(summary, round3=False):
+    """Markdown rows of the step-2 (or round-3) choice on a design summary."""
     ln, c = summary.get("LN", {}), summary.get("C", {})
-    chosen = choose(summary)
-    lines = ["## Step 2: the choice on these runs", "",
+    chosen = choose(summary, round3)
+    lines = [f"## {'Round 3' if round3 else 'Step 2'}: the choice on these runs", "",
              "dLN, dC: end minus AdamW's, label-noise and noise-free classification cells "
              "(points); eligible: dC >= -0.5; chosen: the eligible arm with the largest dLN.",
              "", "| arm | dLN | dC | eligible |", "| --- | --- | --- | --- |"]
     for arm in ARMS:
-        if ARMS[arm]["kind"] in ("snr", "candidate") and arm in ln and arm in c:
+        pool = arm in ROUND3 if round3 else ARMS[arm]["kind"] in ("snr", "candidate")
+        if pool and arm in ln and arm in c:
             d_ln, d_c = paired(ln, arm, "adamw")[0], paired(c, arm, "adamw")[0]
             lines.append(f"| {arm}{' (chosen)' if arm == chosen else ''} | {100 * d_ln:+.1f} | "
                          f"{100 * d_c:+.1f} | {'yes' if d_c >= -NOISE_FREE_MARGIN else 'no'} |")
@@ -488,7 +639,7 @@ def load(raw, tasks, arms, seeds, quick):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--set", choices=("design", "heldout"), default="design")
+    parser.add_argument("--set", choices=("design", "heldout", "heldout3"), default="design")
     parser.add_argument("--tasks", nargs="*", default=None, help="overrides --set")
     parser.add_argument("--arms", nargs="*", default=None, choices=list(ARMS),
                         help="default: the study's (design), HELDOUT_ARMS + the chosen one")
@@ -508,17 +659,22 @@ def main():
     if bundle is None:
         os.makedirs(args.raw, exist_ok=True)
     chosen = None
-    if args.set == "heldout":
+    round3 = args.set == "heldout3"
+    if args.set != "design":
         design = load(args.design_raw or args.raw, DESIGN, list(ARMS), 2, False)
-        chosen = choose(summarise(design))
+        chosen = choose(summarise(design), round3=round3)
         if chosen is None:
             sys.exit("no design runs to choose from (--design-raw)")
         print(f"# chosen on the design runs: {chosen}", flush=True)
     if args.tasks is None:
-        args.tasks = heldout_tasks() if args.set == "heldout" else DESIGN
+        args.tasks = {"design": DESIGN, "heldout": None, "heldout3": None}[args.set] or (
+            heldout3_tasks() if round3 else heldout_tasks())
     if args.arms is None:
-        args.arms = (list(HELDOUT_ARMS) + [chosen] * (chosen not in HELDOUT_ARMS)
-                     if args.set == "heldout" else STUDY)
+        if round3:
+            args.arms = ["adamw", "adamw_recipe", chosen, control_of(chosen)]
+        else:
+            args.arms = (list(HELDOUT_ARMS) + [chosen] * (chosen not in HELDOUT_ARMS)
+                         if args.set == "heldout" else STUDY)
     todo = [(t, a, s) for s in range(args.seeds) for t in args.tasks for a in args.arms]
     i, k = map(int, args.shard.split("/"))
     records = []
@@ -541,13 +697,17 @@ def main():
         sys.exit("no runs recorded")
     summary = summarise(records)
     command = "python benchmarks/gate_study.py " + " ".join(sys.argv[1:])
-    title = ("held-out tasks (generator seeds 3000-3023, the 18 estimated at <= 45 s)"
-             if args.set == "heldout" else "design tasks")
+    title = {"heldout": "held-out tasks (generator seeds 3000-3023, the 18 estimated at <= 45 s)",
+             "heldout3": "round 3, held-out tasks (generator seeds from 3024: 8 label-noise "
+                         "and 6 noise-free classification tasks estimated at <= 40 s)",
+             "design": "design tasks"}[args.set]
     text = markdown(summary, command, args.seeds, title)
     if args.set == "design" and any(a in CANDIDATES for a in args.arms) and choose(summary):
         text += "\n" + "\n".join(choice_table(summary))
+    if args.set == "design" and any(a in ROUND3 for a in args.arms) and choose(summary, True):
+        text += "\n" + "\n".join(choice_table(summary, round3=True))
     if chosen is not None:
-        rows = targets(summary, chosen)
+        rows = targets(summary, chosen, round3)
         text += ("\n## Targets (issue 21), this set\n\nChosen on the design runs: "
                  f"`{chosen}`.\n\n| target | arm | measured | met |\n| --- | --- | --- | --- |\n"
                  + "".join(f"| {t} | {a} | {m} | {'yes' if ok else 'no'} |\n"
