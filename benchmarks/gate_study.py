@@ -551,7 +551,8 @@ def choice_table(summary, round3=False):
     chosen = choose(summary, round3)
     lines = [f"## {'Round 3' if round3 else 'Step 2'}: the choice on these runs", "",
              "dLN, dC: end minus AdamW's, label-noise and noise-free classification cells "
-             "(points); eligible: dC >= -0.5; chosen: the eligible arm with the largest dLN.",
+             "(points); eligible: dC >= -0.5; chosen: the eligible arm with the largest dLN "
+             "(if none is eligible, the arm with the largest dLN + dC).",
              "", "| arm | dLN | dC | eligible |", "| --- | --- | --- | --- |"]
     for arm in ARMS:
         pool = arm in ROUND3 if round3 else ARMS[arm]["kind"] in ("snr", "candidate")

@@ -170,7 +170,8 @@ def test_gate_study_runs_at_toy_size(tmp_path):
     results = os.path.join(BENCHMARKS, "results")
     before = _snapshot(results)
     # one arm per code path (the others differ in settings only, checked below)
-    arms = ["adamw", "adamw_lr0.1", "snr_a1", "grokfast", "adamw_recipe", "snr_a1_rel"]
+    arms = ["adamw", "adamw_lr0.1", "snr_a1", "grokfast", "adamw_recipe", "snr_a1_rel",
+            "guard_wave"]
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, "gate_study.py"), "--quick", "--tasks",
@@ -195,6 +196,10 @@ def test_gate_study_runs_at_toy_size(tmp_path):
             assert gates == [None] * len(gates), arm
         # the recipe arm ends with the weights ValidationFreeStopping kept
         assert ("kept" in r) == (arm == "adamw_recipe"), arm
+        # no prediction changes for regression: the trigger fires at epoch 1
+        assert ("switched_at" in r) == (arm == "guard_wave"), arm
+        if task == "gen:9" and arm == "guard_wave":
+            assert r["switched_at"] == 1
         if "kept" in r:
             assert 1 <= r["kept"]["epoch"] <= len(r["epochs"]) and math.isfinite(r["kept"][key])
     for g in ("R", "G"):
@@ -336,6 +341,59 @@ def test_gate_study_candidates_against_numpy(arm):
         np.testing.assert_allclose(np.asarray(v), e, rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("arm", ["guard_wave", "adamw_wave_lr0.1"])
+def test_gate_study_switched_arms_against_numpy(arm):
+    """Round 3's prototypes: alpha (the gated arm, from the finite-dataset
+    value) or the step factor (the control, gate off, from 1) is an optimizer
+    variable that the switch callback sets; two steps before it, two after,
+    against NumPy. The callback switches once, at the first epoch end whose
+    logs hold the trigger."""
+    import gate_study
+    import keras
+    import numpy as np
+    from pop_risk import runs as pr_runs
+    from reference import ReferenceSNRAdam
+
+    import keras_snr
+
+    spec = gate_study.ARMS[arm]
+    task = dict(lr=1e-2, batch=8, weight_decay=0.5, epochs=1)
+    opt = gate_study.make_optimizer(arm, task, 64, keras, keras_snr, pr_runs)
+    start = keras_snr.finite_dataset_alpha(8, 64) if spec["gated"] else 1.0
+
+    class Reference(ReferenceSNRAdam):  # the step factor multiplies q
+        factor = 1.0
+
+        def gate_value(self, signal, noise):
+            return super().gate_value(signal, noise) * self.factor
+
+    ref = Reference(learning_rate=1e-2, weight_decay=0.5, alpha=start,
+                    gate="snr" if spec["gated"] else None)
+    rng = np.random.default_rng(1)
+    expected = [rng.normal(size=(4, 3)), rng.normal(size=(5,))]
+    variables = [keras.Variable(w.astype("float32")) for w in expected]
+    model = type("Model", (), {"optimizer": opt})()
+    switch = gate_study.switch_callback(keras, spec["trigger"], spec["after"])
+    switch.set_model(model)
+    for step in range(4):  # one update per "epoch"
+        grads = [rng.normal(size=w.shape) for w in expected]
+        opt.apply_gradients(zip([keras.ops.convert_to_tensor(g.astype("float32"))
+                                 for g in grads], variables))
+        expected = ref.step(expected, grads)
+        # the trigger reads 1 at the second epoch end only: the switch stays
+        switch.on_epoch_end(step, {spec["trigger"]: float(step == 1)})
+        assert switch.epoch == (None if step == 0 else 2)
+        if step == 1:
+            if spec["gated"]:
+                ref.alpha = spec["after"]
+                assert opt.alpha == spec["after"]  # what gate_summary compares with
+            else:
+                ref.factor = spec["after"]
+    assert float(np.asarray(opt.switch)) == pytest.approx(spec["after"])
+    for v, e in zip(variables, expected):
+        np.testing.assert_allclose(np.asarray(v), e, rtol=2e-5, atol=1e-6)
+
+
 def test_gate_study_choice_and_targets():
     """Step 2's pre-registered choice (largest label-noise gain among the arms
     within 0.5 points of AdamW on noise-free cells) and issue 21's targets."""
@@ -365,3 +423,21 @@ def test_gate_study_choice_and_targets():
     del ends["snr_finite"], ends["snr_a1_rel"]
     ends["hard_a1"] = cells((0.55, 0.65), (0.87, 0.80))  # LN +5, C -1.5: sum 3.5 < 8
     assert gate_study.choose(gate_study.summarise(records(ends))) == "snr_a1"
+    # round 3: the same rule over its two switched candidates only; T3, the
+    # chosen one against its matched control on label-noise cells
+    ends = {"adamw": cells((0.50, 0.60), (0.90, 0.80)),
+            "snr_a1_rel": cells((0.70, 0.80), (0.90, 0.80)),  # not in round 3's pool
+            "guard_ready": cells((0.56, 0.66), (0.85, 0.80)),  # C -2.5: not eligible
+            "guard_wave": cells((0.52, 0.61), (0.90, 0.80)),
+            "adamw_wave_lr0.1": cells((0.51, 0.62), (0.90, 0.80))}
+    summary = gate_study.summarise(records(ends))
+    assert gate_study.choose(summary, round3=True) == "guard_wave"
+    assert gate_study.control_of("guard_wave") == "adamw_wave_lr0.1"
+
+    def t3(summary):
+        return [ok for t, _, _, ok in gate_study.targets(summary, "guard_wave", round3=True)
+                if t.startswith("T3")]
+
+    assert t3(summary) == [False]  # +1 and -1 point: not above it on more than half
+    ends["adamw_wave_lr0.1"] = cells((0.50, 0.60), (0.90, 0.80))
+    assert t3(gate_study.summarise(records(ends))) == [True]
