@@ -225,7 +225,10 @@ def report(rows, min_seeds):
         screens = 0
         for spec, runs in sorted(arms.items()):
             kind, p = parse_arm(spec)
-            style = dict(color={"adamw": "tab:blue", "snr": "tab:red", "grokfast": "tab:green"}[kind],
+            colour = {"adamw": "tab:blue", "snr": "tab:red", "grokfast": "tab:green"}[kind]
+            if kind == "snr" and p.get("alpha") == "1":  # SNRAdam()'s default alpha
+                colour = "tab:purple"
+            style = dict(color=colour,
                          linestyle={"1e-3": "-", "3e-3": "--", "1e-2": ":", "3e-2": "-."}.get(p.get("lr"), "-"))
             if len(runs) < min_seeds:  # single-seed screens: gate curve only, own colour
                 style = dict(color=plt.cm.Dark2(screens % 8), linewidth=1)

@@ -190,7 +190,7 @@ def test_gate_study_runs_at_toy_size(tmp_path):
         key = "heldout_loss" if r["group"] == "R" else "clean_acc"
         assert r["epochs"] and all(math.isfinite(e[key]) for e in r["epochs"])
         gates = [e.get("mean_gate") for e in r["epochs"]]
-        if arm.startswith(("snr", "soft", "hard")):
+        if arm.startswith(("snr", "soft", "hard", "guard")):
             assert all(0 <= q <= 1 for q in gates), (arm, gates)
         else:
             assert gates == [None] * len(gates), arm
