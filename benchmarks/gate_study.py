@@ -89,6 +89,10 @@ memorisation has begun"), pre-registered before any of its runs:
   beats its control on label-noise cells on average and on more than half
   of them (the gate doing more than a smaller step would).
 
+Scored afterwards on step 2's held-out set, with nothing chosen from it:
+the paper's soft gate (`soft_a1`) and the relative gate (`snr_a1_rel`),
+at their design settings (`gate_study_heldout_extra`).
+
 Usage (JAX, one thread per process, resumable: one JSON per run):
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --shard 0/2  # and 1/2
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --score-only \\
@@ -107,11 +111,20 @@ Usage (JAX, one thread per process, resumable: one JSON per run):
         --raw benchmarks/results/gate_study_heldout_runs.json.gz \\
         --design-raw benchmarks/results/gate_study_design_runs.json.gz \\
         --out benchmarks/results/gate_study_heldout
+    # step 2's held-out set, two more arms (and the baselines, for the report)
+    python benchmarks/gate_study.py --set heldout --raw /tmp/gate/raw --seeds 3 \\
+        --arms adamw adamw_recipe snr_a1 snr_finite soft_a1 snr_a1_rel \\
+        --out benchmarks/results/gate_study_heldout_extra
     # round 3: the two candidates on the design tasks, then the held-out set
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 \\
         --arms adamw guard_ready guard_wave --shard 0/2   # and 1/2
     python benchmarks/gate_study.py --set heldout3 --raw /tmp/gate/raw3 \\
         --design-raw /tmp/gate/raw --seeds 3 --shard 0/2   # and 1/2
+    # round 3's held-out report, rescored from the committed bundles
+    python benchmarks/gate_study.py --set heldout3 --seeds 3 \\
+        --raw benchmarks/results/gate_study_round3_heldout_runs.json.gz \\
+        --design-raw benchmarks/results/gate_study_round3_design_runs.json.gz \\
+        --out benchmarks/results/gate_study_round3_heldout
 """
 
 import argparse

@@ -2,7 +2,7 @@
 Title: Grokking modular division with SNRAdam
 Author: keras_snr contributors
 Date created: 2026/11/28
-Last modified: 2026/11/30
+Last modified: 2026/12/04
 Description: Train a small transformer on a·b⁻¹ mod 97 with AdamW and SNRAdam side by side and compare the steps each needs to generalise.
 """
 
@@ -308,6 +308,11 @@ On the CPU-sized MLP tasks:
   with it or slower at higher learning rates. `SNRAdam` did not beat it.
 - α = 1 on this finite training set, and the paper's `"soft"` gate, shut
   the gate so far that the runs did not grok within 8,000 steps.
+  `SNRAdam()`'s defaults (α = 1) at lr 1e-2, over 5 seeds on both MLP tasks:
+  no grokking by the cap, and the training set never fitted (train accuracy
+  5-44 %), where AdamW at a tenth of that rate, the smaller-step control,
+  fitted it on every seed and grokked (a+b) mod 97 in 3,800 steps. Here the
+  closed gate did worse than a smaller step (the weight decay is not gated).
 
 So use `SNRAdam` here for what it does to noisy-label memorisation (see the
 README), not to grok faster. If a paper-style baseline groks 5× slower for
