@@ -90,8 +90,8 @@ memorisation has begun"), pre-registered before any of its runs:
   of them (the gate doing more than a smaller step would).
 
 Scored afterwards on step 2's held-out set, with nothing chosen from it:
-the paper's soft gate (`soft_a1`) and the relative gate (`snr_a1_rel`),
-at their design settings (`gate_study_heldout_extra`).
+the relative gate (`snr_a1_rel`, the runner-up under step 2's rule on the design
+tasks), at its design setting (`gate_study_heldout_extra`).
 
 Usage (JAX, one thread per process, resumable: one JSON per run):
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 --shard 0/2  # and 1/2
@@ -113,7 +113,7 @@ Usage (JAX, one thread per process, resumable: one JSON per run):
         --out benchmarks/results/gate_study_heldout
     # step 2's held-out set, two more arms (and the baselines, for the report)
     python benchmarks/gate_study.py --set heldout --raw /tmp/gate/raw --seeds 3 \\
-        --arms adamw adamw_recipe snr_a1 snr_finite soft_a1 snr_a1_rel \\
+        --arms adamw adamw_recipe snr_a1 snr_finite snr_a1_rel \\
         --out benchmarks/results/gate_study_heldout_extra
     # round 3: the two candidates on the design tasks, then the held-out set
     python benchmarks/gate_study.py --raw /tmp/gate/raw --seeds 2 \\
