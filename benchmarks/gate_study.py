@@ -111,7 +111,7 @@ Usage (JAX, one thread per process, resumable: one JSON per run):
         --raw benchmarks/results/gate_study_heldout_runs.json.gz \\
         --design-raw benchmarks/results/gate_study_design_runs.json.gz \\
         --out benchmarks/results/gate_study_heldout
-    # step 2's held-out set, two more arms (and the baselines, for the report)
+    # step 2's held-out set, one more arm (and the baselines, for the report)
     python benchmarks/gate_study.py --set heldout --raw /tmp/gate/raw --seeds 3 \\
         --arms adamw adamw_recipe snr_a1 snr_finite snr_a1_rel \\
         --out benchmarks/results/gate_study_heldout_extra
@@ -501,15 +501,19 @@ def paired(arms, arm, other):
     return (sum(diffs) / len(diffs) if diffs else float("nan")), diffs
 
 
+def in_pool(arm, round3):
+    """Is `arm` one the choice picks from: step 2's SNRAdam arms and
+    candidates, or round 3's `ROUND3`?"""
+    return arm in ROUND3 if round3 else ARMS[arm]["kind"] in ("snr", "candidate")
+
+
 def choose(summary, round3=False):
-    """The arm picked from the design summary (see the docstring): step 2's
-    among the SNRAdam arms and candidates, or round 3's among `ROUND3`."""
+    """The arm picked from the design summary (see the docstring), among
+    `in_pool(arm, round3)`."""
     ln, c = summary.get("LN", {}), summary.get("C", {})
     scored = []
     for arm in ARMS:
-        spec = ARMS[arm]
-        pool = arm in ROUND3 if round3 else spec["kind"] in ("snr", "candidate")
-        if not pool or arm not in ln or arm not in c:
+        if not in_pool(arm, round3) or arm not in ln or arm not in c:
             continue
         scored.append((arm, paired(ln, arm, "adamw")[0], paired(c, arm, "adamw")[0]))
     if not scored:  # no label-noise and noise-free cells to choose on
@@ -568,8 +572,7 @@ def choice_table(summary, round3=False):
              "(if none is eligible, the arm with the largest dLN + dC).",
              "", "| arm | dLN | dC | eligible |", "| --- | --- | --- | --- |"]
     for arm in ARMS:
-        pool = arm in ROUND3 if round3 else ARMS[arm]["kind"] in ("snr", "candidate")
-        if pool and arm in ln and arm in c:
+        if in_pool(arm, round3) and arm in ln and arm in c:
             d_ln, d_c = paired(ln, arm, "adamw")[0], paired(c, arm, "adamw")[0]
             lines.append(f"| {arm}{' (chosen)' if arm == chosen else ''} | {100 * d_ln:+.1f} | "
                          f"{100 * d_c:+.1f} | {'yes' if d_c >= -NOISE_FREE_MARGIN else 'no'} |")
@@ -681,8 +684,8 @@ def main():
             sys.exit("no design runs to choose from (--design-raw)")
         print(f"# chosen on the design runs: {chosen}", flush=True)
     if args.tasks is None:
-        args.tasks = {"design": DESIGN, "heldout": None, "heldout3": None}[args.set] or (
-            heldout3_tasks() if round3 else heldout_tasks())
+        args.tasks = {"design": lambda: DESIGN, "heldout": heldout_tasks,
+                      "heldout3": heldout3_tasks}[args.set]()
     if args.arms is None:
         if round3:
             args.arms = ["adamw", "adamw_recipe", chosen, control_of(chosen)]
