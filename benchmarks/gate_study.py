@@ -277,17 +277,14 @@ def switched_class(keras_snr, gated):
     from keras import ops
 
     class Switched(keras_snr.SNRAdam):
-        def __init__(self, start, **kwargs):
-            super().__init__(**kwargs)
-            self.start = float(start)
-
         def build(self, var_list):
             if self.built:
                 return
             super().build(var_list)
+            start = self.alpha if gated else 1.0  # the step factor starts at 1
             self.switch = self.add_variable(
                 shape=(), dtype="float32", name="switch",
-                initializer=keras.initializers.Constant(self.start))
+                initializer=keras.initializers.Constant(start))
 
         def _gate_of(self, m, s, c1, cs):
             if not gated:
@@ -340,10 +337,10 @@ def make_optimizer(arm, task, n, keras, keras_snr, runs):
         return GrokfastAdamW(learning_rate=lr, weight_decay=wd or 0.0, beta_2=beta_2,
                              grokfast_alpha=0.98, grokfast_lamb=2.0)
     if spec["kind"] == "switched":  # fused=False on torch, as the candidates
-        start = keras_snr.finite_dataset_alpha(task["batch"], n) if spec["gated"] else 1.0
-        return switched_class(keras_snr, spec["gated"])(
-            start, learning_rate=lr, weight_decay=wd, beta_2=beta_2,
-            gate="snr" if spec["gated"] else None, alpha=start if spec["gated"] else 1.0,
+        gated = spec["gated"]
+        return switched_class(keras_snr, gated)(
+            learning_rate=lr, weight_decay=wd, beta_2=beta_2, gate="snr" if gated else None,
+            alpha=keras_snr.finite_dataset_alpha(task["batch"], n) if gated else 1.0,
             fused=keras.backend.backend() != "torch")
     if spec["kind"] == "candidate":
         # fused=False on torch: its fast path would bypass the overridden hooks
@@ -527,7 +524,9 @@ def choose(summary, round3=False):
 def control_of(arm):
     """Round 3: the matched control of a candidate (same trigger, the gate
     off, the step times 0.1)."""
-    return f"adamw_{ARMS[arm]['trigger'].split('_')[-1]}_lr0.1"
+    trigger = ARMS[arm]["trigger"]
+    return next(a for a, spec in SWITCHED.items()
+                if not spec["gated"] and spec["trigger"] == trigger)
 
 
 def targets(summary, chosen, round3=False):
