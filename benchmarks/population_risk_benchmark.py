@@ -92,15 +92,20 @@ SEVEN = ("noisy_digits", "teacher_student", "modular_addition", "noisy_image",
          "digits_cnn", "markov_lm", "grokking")
 REAL = ("mnist1d_sym30", "mnist1d_pair20", "breast_cancer_sym20", "diabetes")
 V4_REAL = ("fair_sym25", "randhie", "mnist1d_sym40")
+V5_REAL = ("mnist5k_sym30", "mnist5k", "autompg")
 SETS = {
     "design": [f"gen:{i}" for i in range(24)] + [f"seven:{t}" for t in SEVEN],
     "heldout": [f"gen:{i}" for i in range(1000, 1024)] + [f"real:{t}" for t in REAL],
     # v4 (issue 20): fresh generator seeds from a widened distribution and
     # real datasets v3 did not use; scored by pop_risk/score_v4.py
     "v4": [f"gen:{i}" for i in range(2000, 2030)] + [f"real:{t}" for t in V4_REAL],
+    # v5 (keras_snr 1.0): fresh generator seeds with runs up to 150 epochs and
+    # real data never used before; scored by pop_risk/score_v5.py
+    "v5": [f"gen:{i}" for i in range(4000, 4040)] + [f"real:{t}" for t in V5_REAL],
 }
 SETS["all"] = SETS["design"] + SETS["heldout"]
 SETS["v4all"] = SETS["all"] + SETS["v4"]
+SETS["v5all"] = SETS["v4all"] + SETS["v5"]
 
 
 def make_task(name, seed, quick):
@@ -226,9 +231,9 @@ def main():
     parser.add_argument("--out", help="prefix of the outputs: OUT.md, OUT.json")
     parser.add_argument("--bundle", help="also write the loaded runs to this .json.gz "
                         "(score it again with --raw BUNDLE --score-only)")
-    parser.add_argument("--scoring", choices=("v3", "v4"), default=None,
-                        help="pop_risk/score.py (v3) or pop_risk/score_v4.py (v4); "
-                        "default v4 for --set v4 / v4all, else v3")
+    parser.add_argument("--scoring", choices=("v3", "v4", "v5"), default=None,
+                        help="pop_risk/score.py (v3), score_v4.py (v4) or score_v5.py (v5); "
+                        "default: v5 for --set v5 / v5all, v4 for v4 / v4all, else v3")
     args = parser.parse_args()
     if args.tasks is None:
         args.tasks = SETS[args.set or "design"]
@@ -240,6 +245,7 @@ def main():
         return
     from pop_risk import score
     from pop_risk import score_v4
+    from pop_risk import score_v5
 
     runs = load_runs(args.raw, args.tasks, args.dynamics, args.seed_list, args.quick)
     if args.bundle:
@@ -247,8 +253,9 @@ def main():
 
         with gzip.open(args.bundle, "wt") as f:
             json.dump({"|".join(map(str, key)): rec for key, rec in runs.items()}, f)
-    scoring = args.scoring or ("v4" if args.set in ("v4", "v4all") else "v3")
-    (score_v4 if scoring == "v4" else score).report(
+    scoring = args.scoring or {"v4": "v4", "v4all": "v4", "v5": "v5", "v5all": "v5"}.get(
+        args.set, "v3")
+    {"v3": score, "v4": score_v4, "v5": score_v5}[scoring].report(
         runs, args, command=" ".join(["python", *sys.argv]))
 
 

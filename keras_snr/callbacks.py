@@ -1,8 +1,9 @@
 """Callbacks that read SNRAdam's statistics during `fit()`.
 
 `GateLogger` logs the gate; `PopulationRiskEstimate` adds an estimate of the
-population (held-out) loss, computed from the training run alone, to the
-epoch logs under `pop_risk`, with a flag saying when to trust it.
+held-out loss, computed from the training run alone, to the epoch logs under
+`pop_risk`; `ValidationFreeStopping` stops on it. The formulas are the pure
+functions of `keras_snr.population_risk`.
 """
 
 import json
@@ -14,6 +15,8 @@ import warnings
 import keras
 from keras import ops
 
+from keras_snr import population_risk as PR
+from keras_snr._backup import EpochBackup
 from keras_snr.snr_adam import finite_dataset_alpha
 from keras_snr.statistics import compile_reader
 from keras_snr.statistics import snr_optimizers
@@ -94,294 +97,220 @@ def _host(x):
 
 
 def _positive_int(name, value):
-    if value is None:
-        return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer or None; received {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be a positive integer; received {name}={value!r}")
     return int(value)
 
 
-def _resolve_sizes(dataset_size, batch_size, steps):
-    """`(n, b)` from the arguments and the steps per epoch `fit()` runs."""
-    n, b = dataset_size, batch_size
-    if b is None:
-        if not steps:
-            raise ValueError(
-                "PopulationRiskEstimate could not infer the batch size: "
-                "the number of steps per epoch is unknown. Pass `batch_size=`."
-            )
-        b = math.ceil(n / steps)
-    if n is None:
-        if not steps:
-            raise ValueError(
-                "PopulationRiskEstimate could not infer the dataset size: "
-                "the number of steps per epoch is unknown. Pass `dataset_size=`."
-            )
-        n = b * steps
-    if b >= n:
+# Loss names (lower case, without underscores) that tell classification from
+# regression, for `task=None`.
+_CLASSIFICATION_LOSSES = ("crossentropy", "hinge", "focal", "kldivergence", "kld")
+_REGRESSION_LOSSES = ("meansquared", "meanabsolute", "mse", "mae", "mape", "msle", "huber",
+                      "logcosh", "cosinesimilarity", "poisson")
+
+
+def _infer_task(loss):
+    """"classification", "regression" or None, from `model.loss`."""
+    if isinstance(loss, str):
+        name = loss
+    elif isinstance(loss, keras.losses.Loss):
+        name = getattr(loss, "fn", None).__name__ if hasattr(loss, "fn") else type(loss).__name__
+    else:
+        name = getattr(loss, "__name__", "")
+    name = name.lower().replace("_", "")
+    if any(key in name for key in _CLASSIFICATION_LOSSES):
+        return "classification"
+    if any(name.startswith(key) or name == key for key in _REGRESSION_LOSSES):
+        return "regression"
+    return None
+
+
+def _take(x, keep):
+    """Rows `keep` of an array or of every array in a structure."""
+    import numpy as np
+
+    return keras.tree.map_structure(lambda a: np.asarray(a)[keep], x)
+
+
+def _sample_rows(x_train, y_train, sample_size, seed):
+    """A random subset of at most `sample_size` rows of `x_train` (and the
+    same rows of `y_train`), in their original order."""
+    import numpy as np
+
+    leaves = keras.tree.flatten(x_train)
+    lengths = {int(np.shape(leaf)[0]) if np.ndim(leaf) else 0 for leaf in leaves}
+    if len(lengths) != 1 or 0 in lengths:
         raise ValueError(
-            f"The batch size ({b}) must be smaller than the dataset size "
-            f"({n}); with full-batch training there is no sampling noise "
-            "to estimate the gap from."
+            "`x_train` must be an array (or a structure of arrays) of training inputs "
+            "with the examples along the first axis, all of the same length; received "
+            f"lengths {sorted(lengths)}."
         )
-    if steps and math.ceil(n / b) != steps:
-        warnings.warn(
-            f"PopulationRiskEstimate: dataset_size={n} and batch_size={b} "
-            f"give {math.ceil(n / b)} steps per epoch, but fit() runs "
-            f"{steps}. Check `dataset_size` and `batch_size` (with "
-            "`steps_per_epoch` or a repeated dataset, pass the size of "
-            "the underlying training set).",
-            stacklevel=4,  # the caller of on_train_begin
+    (length,) = lengths
+    if y_train is not None and (np.ndim(y_train) == 0 or len(y_train) != length):
+        raise ValueError(
+            f"`y_train` must hold the targets of the {length} examples of `x_train` "
+            f"along its first axis; received shape {np.shape(y_train)}."
         )
-    return n, b
+    keep = np.sort(np.random.default_rng(seed).permutation(length)[:sample_size])
+    return length, _take(x_train, keep), None if y_train is None else np.asarray(y_train)[keep]
+
+
+def _labels(y, pred):
+    """Integer class labels from the targets `y` of a classifier predicting
+    `pred`: `y` itself (one label per predicted class axis) or the argmax
+    of one-hot targets shaped like the predictions."""
+    if y.shape == pred.shape:
+        return y.argmax(-1)
+    if y.size == pred[..., 0].size and y.shape[:pred.ndim - 1] == pred.shape[:-1]:
+        return y.reshape(pred.shape[:-1])
+    raise ValueError(
+        f"PopulationRiskEstimate: `y_train` holds targets of shape {y.shape[1:]} per "
+        f"example, but the model predicts {pred.shape[1:]}; for a classifier pass integer "
+        "labels (one per predicted class axis) or one-hot targets shaped like the outputs.")
+
+
+def _epoch_sums(optimizer, alpha):
+    """A compiled function returning, as of the last update, the sums over
+    all trained coordinates of `(A, m_hat**2, alpha s_hat, open, 1)`, with
+    `A` the optimism rate of `population_risk.gap_update`."""
+    c = (1.0 - optimizer.beta_1) / (1.0 + optimizer.beta_1)
+    eps = optimizer.epsilon
+
+    def reduce():
+        stats = optimizer.statistics()
+        sums = [0.0] * 5
+        for m, v, s, q in zip(stats.momentum, stats.velocity, stats.noise_variance, stats.gate):
+            if m is None:
+                continue
+            m, v, s, q = (ops.cast(x, "float32") for x in (m, v, s, q))
+            noise = alpha * s
+            m2 = ops.square(m)
+            capped = ops.minimum(1.0, ops.sqrt(ops.relu(m2 - c * s) / (noise + _TINY)))
+            terms = (q / (ops.sqrt(v) + eps) * noise * capped, m2, noise,
+                     ops.cast(ops.greater(m2, noise), "float32"), ops.ones_like(m))
+            sums = [total + ops.sum(term) for total, term in zip(sums, terms)]
+        return ops.stack([ops.cast(x, "float32") for x in sums])
+
+    return compile_reader(reduce, [optimizer])
 
 
 _TINY = 1e-30
-_STATE_FILE = "pop_risk_state.json"
-_CLASSES_FILE = "pop_risk_classes.npy"
-
-
-def _first_leaf(x):
-    return keras.tree.flatten(x)[0]
 
 
 class PopulationRiskEstimate(keras.callbacks.Callback):
-    """Estimate the population (held-out) loss each epoch from training alone,
-    and say when early stopping on it may begin.
+    """Estimate the held-out loss each epoch from the training run alone.
 
-    At every epoch end this writes to the logs (History, progress bar,
-    CSVLogger, `EarlyStopping`, `ModelCheckpoint`; list it before them):
+    At every epoch end it writes to the logs (where History, the progress
+    bar, CSVLogger, TensorBoard and later callbacks see them):
 
-    - `pop_risk_estimate`: an estimate of the loss on unseen data drawn
-      like the training data (labels noisy in the same way), `loss + G`.
-      A stopping signal more than a number: on the held-out tasks of the
-      benchmark it followed the held-out loss's ups and downs (Spearman
-      >= 0.9) on 21 % of them, with a mean absolute relative error of 2.15.
-    - `pop_risk`: what to monitor. `pop_risk_estimate` while it is trusted
-      (`pop_risk_reliable` = 1); after that a value just below every
-      `pop_risk` logged before (1e-6 relative), so that an `EarlyStopping`
-      watching it neither stops nor restores an older epoch on a guess.
-    - `pop_risk_reliable`: 1.0 until the training loss falls below
-      `reliability_threshold` times the first epoch's, then 0.0 for the rest
-      of the run (the estimate was measured to go wrong there); a warning
-      says so once.
-    - `prediction_changes` (with `x_train`, for classifiers): the fraction
-      of the sampled training examples (label entries, for sequences) whose
-      predicted class changed since the previous epoch (NaN at epoch 1).
-    - `pop_risk_ready`: 1.0 once early stopping may count epochs. For a
-      classifier with `x_train`, from the epoch after the first local
-      minimum of `prediction_changes` smoothed by a trailing moving average
-      of `label_wave_window` epochs (Label Wave: Yuan, Feng & Liu, ICLR
-      2024); without `x_train` or for a single-output model, from epoch 1.
-    - `pop_risk_wave`: 1.0 once that minimum is confirmed as the start of a
-      strong wave: within `wave_horizon` epochs the smoothed count of
-      changes rises above its minimum by `wave_rise` standard errors
-      (`sqrt((count at the minimum + 1) / label_wave_window)`, counts on
-      the sample). Until then `ValidationFreeStopping` counts epochs but
-      does not stop: a weak or absent wave (little or no label noise) does
-      not end training. 1.0 from epoch 1 where `pop_risk_ready` is.
-    - `heldout_loss_estimate`, `heldout_loss_low`, `heldout_loss_high`: the
-      number to read. An estimate of the loss on unseen data labelled like
-      the training data, and an interval for it: low = the training loss
-      `L`, high = `max(L_1, L + G)` (`L_1` the first epoch's training
-      loss, which was measured mostly on examples the model had not yet
-      trained on), estimate = `(L + min(L_1, L + G)) / 2`. On the
-      benchmark's v4 held-out tasks, at the epoch `ValidationFreeStopping`
-      kept, it was within 25 % of the held-out loss on 46 of 66 cells (80 %
-      of label-noise ones, 2 of 8 noise-free classifiers), median error
-      11 %; at the end of training on 50 %. The interval is wide late in
-      training; README.md says how often each held.
-    - With `y_train` as well (the integer labels of `x_train`):
-      `heldout_accuracy_estimate`, `heldout_accuracy_low`,
-      `heldout_accuracy_high`, the same for the accuracy on unseen data
-      labelled like the training data (noisy labels, what a user could
-      measure on a holdout): high = the accuracy `a` on the `x_train`
-      sample, low = `min(a_1, a)` (`a_1` at the first epoch end),
-      estimate = their mean.
-    - `signal_fraction`: fraction of coordinates with `m_hat**2 > alpha *
-      s_hat`; `gradient_snr`: `sum(m_hat**2) / sum(alpha * s_hat)`.
+    - `pop_risk`: the estimated loss on unseen data whose labels are drawn
+      like the training labels (noisy where they are noisy);
+    - `pop_risk_low`, `pop_risk_high`: an interval for it;
+    - `pop_risk_reliable`: 1.0 when the logged quantities can tell the
+      held-out loss, 0.0 when they cannot (the training loss has collapsed
+      below a fifth of the first epoch's, the estimated optimism is large,
+      a loss or prediction was not finite, or the estimate restarted);
+    - with `x_train` and `y_train` for a classifier: `pop_accuracy`,
+      `pop_accuracy_low`, `pop_accuracy_high`, the same for the accuracy
+      on unseen data labelled like the training data, and `memorization`:
+      1.0 once a strong wave of prediction changes on the training sample
+      says that the model began to memorise (Label Wave).
 
-    The recommended recipe is this callback followed by
-    `keras_snr.ValidationFreeStopping()`: an `EarlyStopping` on `pop_risk`
-    (patience 10, restoring the best weights) that counts epochs only once
-    `pop_risk_ready` is 1 and stops only once `pop_risk_wave` is 1. For a
-    classifier it thus aims at clean accuracy (the held-out loss bottoms
-    out before the accuracy peaks under label noise; the wave of
-    prediction changes marks where memorisation begins, and without one it
-    never stops early); for regression it aims at the held-out loss.
+    With `diagnostics=True` also `pop_risk_gap` (the optimism `G`),
+    `pop_risk_stop` (the score `ValidationFreeStopping` ranks epochs by),
+    `memorization_ready` (Label Wave's first minimum passed),
+    `prediction_changes` and `prediction_changes_smoothed`,
+    `train_loss_end` (the loss on the sample at the epoch's end),
+    `signal_fraction` and `gradient_snr`.
 
-    The gap `G` (this project's heuristic, chosen by measurement in
-    `benchmarks/population_risk_benchmark.py`; the paper's formula is not
-    public) accumulates each epoch's first-order optimism, capped per
-    coordinate, and shrinks with the decoupled weight decay:
-    `G <- exp(-lr * weight_decay * updates) * G + lr * updates * A`, with
-    `A = sum q P alpha s_hat min(1, sqrt(g**2 / (alpha s_hat)))` read from
-    the optimizer after the epoch: `P = 1 / (sqrt(v_hat) + epsilon)`, `q`
-    the gate, `g**2 = max(m_hat**2 - c s_hat, 0)` (`c = (1 - beta_1) / (1 +
-    beta_1)`) the squared full-batch gradient. Here `alpha =
-    keras_snr.finite_dataset_alpha(b, n)` (`b` the examples behind one
-    update, `n` the training-set size), so `alpha * s_hat` estimates the
-    variance of the full-dataset gradient's sampling error. What it
-    measured, against the 20 % holdout and Label Wave, is in README.md.
-
-    Reading the optimizer is one compiled reduction per epoch (JAX, TF; on
-    torch per-variable eager ops), and with `x_train` one forward pass over
-    at most `sample_size` training examples (`model.predict_on_batch`); the
-    train step is untouched. To watch a plain Adam run, train with
+    The formulas are in `keras_snr.population_risk`, one small function
+    each; `docs/population_risk.md` says how they were chosen and how well
+    they held on tasks they were not chosen on. It reads `SNRAdam`'s
+    statistics (one compiled reduction per epoch) and, with `x_train`, runs
+    one forward pass over at most `sample_size` training examples; the
+    training step is untouched. To watch a plain AdamW run, train with
     `keras_snr.SNRAdam(gate=None)`.
 
+    Example:
+
+    ```python
+    estimate = keras_snr.PopulationRiskEstimate(
+        dataset_size=len(x_train), batch_size=64, x_train=x_train, y_train=y_train)
+    model.compile(optimizer=keras_snr.SNRAdam(), loss="sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, batch_size=64, epochs=30,
+              callbacks=[estimate, keras_snr.ValidationFreeStopping(estimate)])
+    ```
+
     Args:
-        dataset_size: Number of training examples `n`. If omitted, inferred
-            as `batch_size * steps_per_epoch` (exact only if the last batch
-            is full). Required with `steps_per_epoch` on a repeated dataset.
-        batch_size: Global batch size given to `fit()` (summed over
-            replicas). If omitted, inferred as `ceil(dataset_size /
-            steps_per_epoch)`. One of the two is required.
-        x_train: Training inputs (all of them or a random subset; an array
-            or a structure of arrays as the model takes them) on which to
-            count prediction changes. Recommended for classifiers.
-        y_train: The integer class labels of `x_train` (optional): with
-            them the held-out accuracy is estimated too.
-        sample_size: At most this many examples of `x_train` are used (a
-            random subset drawn with `seed`). Defaults to 256 (a forward
-            pass over them costs a few per cent of an epoch at the
-            benchmark's settings; see `benchmarks/callback_overhead.py`).
-            A larger sample sees a wave sooner (the rise, in standard
-            errors, grows with the square root of the sample).
-        label_wave_window: Epochs of the moving average of
-            `prediction_changes`. Defaults to 5.
-        wave_rise: Rise after the first minimum, in standard errors, that
-            confirms a wave (`pop_risk_wave`). `0` confirms any minimum (the
-            rule of keras_snr 0.1). Defaults to 2.0.
-        wave_horizon: Epochs after the minimum within which the rise must
-            come. Defaults to 10.
-        reliability_threshold: In `(0, 1)`. Defaults to `0.05`.
+        dataset_size: Number of training examples `n`.
+        batch_size: Examples behind one optimizer step (the global batch
+            under data parallelism, before gradient accumulation).
+        x_train: Training inputs (all or a random subset), as the model
+            takes them. Needed for `memorization` and the accuracy.
+        y_train: Their targets, as given to `fit()`: with them the
+            end-of-epoch training loss replaces the epoch average Keras logs
+            (which lags the weights), and a classifier's accuracy is
+            estimated.
+        task: `"classification"`, `"regression"` or None to infer it from
+            the compiled loss (an error says when it cannot).
+        sample_size: At most this many examples of `x_train` are used.
+        label_wave_window: Epochs of the moving average of prediction changes.
+        wave_rise: Rise after Label Wave's minimum, in standard errors,
+            that confirms a wave.
+        wave_horizon: Epochs after the minimum within which it must come.
         prediction_batch_size: Examples per `predict_on_batch` call.
         seed: Seed of the `x_train` subsample.
-        backup_dir: Directory to save the callback's state in at every epoch
-            end and restore it from when training resumes with
-            `keras.callbacks.BackupAndRestore` in a new process (use the
-            same directory). Without it, a resumed run restarts the
-            estimate, warns, and marks it unreliable.
-        diagnostics: Also log `pop_risk_gap` and
-            `prediction_changes_smoothed`.
-        monitor_loss: Key of the training loss in `logs`. Defaults to
-            `"loss"`. The loss must be non-negative.
+        backup_dir: Directory where this callback (and a
+            `ValidationFreeStopping` reading it) saves its state at every
+            epoch end, so that a run resumed by
+            `keras.callbacks.BackupAndRestore` continues exactly. List both
+            before `BackupAndRestore` in `callbacks=`.
+        diagnostics: Also log the diagnostic keys above.
+        monitor_loss: Key of the training loss in the logs.
     """
 
-    def __init__(
-        self,
-        dataset_size=None,
-        batch_size=None,
-        x_train=None,
-        y_train=None,
-        sample_size=256,
-        label_wave_window=5,
-        wave_rise=2.0,
-        wave_horizon=10,
-        reliability_threshold=0.05,
-        prediction_batch_size=1024,
-        seed=0,
-        backup_dir=None,
-        diagnostics=False,
-        monitor_loss="loss",
-    ):
+    def __init__(self, dataset_size, batch_size, x_train=None, y_train=None, task=None,
+                 sample_size=256, label_wave_window=5, wave_rise=2.0, wave_horizon=10,
+                 prediction_batch_size=1024, seed=0, backup_dir=None, diagnostics=False,
+                 monitor_loss="loss"):
         super().__init__()
         self.dataset_size = _positive_int("dataset_size", dataset_size)
         self.batch_size = _positive_int("batch_size", batch_size)
-        if self.dataset_size is None and self.batch_size is None:
+        if self.batch_size >= self.dataset_size:
             raise ValueError(
-                "PopulationRiskEstimate needs the training set size: pass "
-                "`dataset_size=` (number of training examples) and, "
-                "ideally, `batch_size=` (the batch size given to `fit()`)."
-            )
-        if (
-            self.dataset_size is not None
-            and self.batch_size is not None
-            and self.batch_size >= self.dataset_size
-        ):
-            raise ValueError(
-                f"`batch_size` ({self.batch_size}) must be smaller than "
-                f"`dataset_size` ({self.dataset_size}): with full-batch "
-                "training there is no sampling noise to estimate the gap from."
-            )
-        if (
-            isinstance(reliability_threshold, bool)
-            or not isinstance(reliability_threshold, numbers.Real)
-            or not 0 < reliability_threshold < 1
-        ):
-            raise ValueError(
-                "`reliability_threshold` must be in (0, 1); received "
-                f"reliability_threshold={reliability_threshold!r}"
-            )
-        if (
-            isinstance(wave_rise, bool)
-            or not isinstance(wave_rise, numbers.Real)
-            or not 0 <= wave_rise < math.inf
-        ):
-            raise ValueError(
-                f"`wave_rise` must be a number >= 0; received wave_rise={wave_rise!r}"
-            )
-        for name, value in (("sample_size", sample_size),
-                            ("label_wave_window", label_wave_window),
-                            ("wave_horizon", wave_horizon),
-                            ("prediction_batch_size", prediction_batch_size)):
-            if _positive_int(name, value) is None:
-                raise ValueError(f"`{name}` must be a positive integer; received {name}=None")
+                f"`batch_size` ({batch_size}) must be smaller than `dataset_size` "
+                f"({dataset_size}): with full-batch training there is no sampling noise "
+                "to estimate the optimism from.")
+        if task not in (None, "classification", "regression"):
+            raise ValueError("`task` must be 'classification', 'regression' or None; "
+                             f"received task={task!r}")
+        if isinstance(wave_rise, bool) or not isinstance(wave_rise, numbers.Real) \
+                or not 0 <= wave_rise < math.inf:
+            raise ValueError(f"`wave_rise` must be a number >= 0; received wave_rise={wave_rise!r}")
+        for name in ("sample_size", "label_wave_window", "wave_horizon", "prediction_batch_size"):
+            _positive_int(name, locals()[name])
         if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
-            raise ValueError(
-                f"`backup_dir` must be a path or None; received backup_dir={backup_dir!r}"
-            )
+            raise ValueError(f"`backup_dir` must be a path or None; received backup_dir={backup_dir!r}")
         if not isinstance(monitor_loss, str):
-            raise ValueError(
-                f"`monitor_loss` must be a string; received monitor_loss={monitor_loss!r}"
-            )
-        self.x_train = None
+            raise ValueError(f"`monitor_loss` must be a string; received monitor_loss={monitor_loss!r}")
+        if y_train is not None and x_train is None:
+            raise ValueError("`y_train` holds the targets of `x_train`; pass `x_train=` too.")
+        self.x_train = self.y_train = None
         if x_train is not None:
-            import numpy as np
-
-            leaves = keras.tree.flatten(x_train)
-            lengths = {int(np.shape(leaf)[0]) if np.ndim(leaf) else 0 for leaf in leaves}
-            if len(lengths) != 1 or 0 in lengths:
+            length, self.x_train, self.y_train = _sample_rows(x_train, y_train, sample_size, seed)
+            if length > self.dataset_size:
                 raise ValueError(
-                    "`x_train` must be an array (or a structure of arrays) of "
-                    "training inputs with the examples along the first axis, "
-                    f"all of the same length; received lengths {sorted(lengths)}."
-                )
-            (length,) = lengths
-            keep = np.sort(np.random.default_rng(seed).permutation(length)[:sample_size])
-            self.x_train = keras.tree.map_structure(lambda a: np.asarray(a)[keep], x_train)
-        self.y_train = None
-        if y_train is not None:
-            import numpy as np
-
-            if x_train is None:
-                raise ValueError(
-                    "`y_train` is used with `x_train` (the labels of the same "
-                    "examples); pass `x_train=` too."
-                )
-            y = np.asarray(y_train)
-            if y.ndim == 0 or y.shape[0] != length or not np.issubdtype(y.dtype, np.integer):
-                raise ValueError(
-                    "`y_train` must be the integer class labels of `x_train`, "
-                    f"{length} of them along the first axis; received an array "
-                    f"of shape {y.shape} and dtype {y.dtype}."
-                )
-            self.y_train = y[keep]
-        self.sample_size = int(sample_size)
-        self.label_wave_window = int(label_wave_window)
-        self.wave_rise = float(wave_rise)
-        self.wave_horizon = int(wave_horizon)
-        self.reliability_threshold = float(reliability_threshold)
-        self.prediction_batch_size = int(prediction_batch_size)
-        self.seed = seed
+                    f"`x_train` has {length} examples, more than `dataset_size` "
+                    f"({dataset_size}); pass the number of training examples.")
+        self.task, self.sample_size, self.seed = task, sample_size, seed
+        self.label_wave_window, self.wave_rise = label_wave_window, float(wave_rise)
+        self.wave_horizon, self.prediction_batch_size = wave_horizon, prediction_batch_size
         self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
-        self.diagnostics = bool(diagnostics)
-        self.monitor_loss = monitor_loss
-        self._state = None  # the estimate's state, kept across fit() calls
+        self.diagnostics, self.monitor_loss = bool(diagnostics), monitor_loss
+        self.signals = None  # this epoch's inputs of ValidationFreeStopping
+        self._state = None  # kept across fit() calls
         self._classes = None  # predicted classes on the sample at the last epoch end
+        self._backup = None if backup_dir is None else EpochBackup(self.backup_dir, "estimate")
         self._training = False
 
     # ------------------------------------------------------------ set-up
@@ -389,20 +318,18 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         optimizers = _require_snr_optimizers(self)
         if len(optimizers) > 1:
-            raise ValueError(
-                "PopulationRiskEstimate supports one SNRAdam per model; the "
-                f"model's optimizer holds {len(optimizers)}."
-            )
+            raise ValueError("PopulationRiskEstimate supports one SNRAdam per model; the "
+                             f"model's optimizer holds {len(optimizers)}.")
         self._opt = optimizers[0]
-        self._n, self._b = _resolve_sizes(
-            self.dataset_size, self.batch_size, (self.params or {}).get("steps")
-        )
         k = self._opt.gradient_accumulation_steps or 1
-        self._b_eff = self._b * k
-        self._alpha = finite_dataset_alpha(self._b, self._n, k)
-        self._training = True
-        self._started = False
-        self._reduce = None
+        self._alpha = finite_dataset_alpha(self.batch_size, self.dataset_size, k)
+        self._task = self.task or _infer_task(getattr(self.model, "loss", None))
+        if self._task is None and self.x_train is not None:
+            raise ValueError(
+                "PopulationRiskEstimate could not tell from the compiled loss "
+                f"({getattr(self.model, 'loss', None)!r}) whether the model is a classifier; "
+                "pass `task='classification'` or `task='regression'`.")
+        self._reduce, self._started, self._training = None, False, True
 
     def on_train_end(self, logs=None):
         self._training = False
@@ -415,407 +342,324 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
 
     def _warn_outside_fit(self, where):
         if not self._training:
-            warnings.warn(
-                f"PopulationRiskEstimate does nothing in {where}: it estimates "
-                "the population risk from a training run. Pass it to `fit()`.",
-                stacklevel=3,
-            )
+            warnings.warn(f"PopulationRiskEstimate does nothing in {where}: it estimates the "
+                          "held-out loss from a training run. Pass it to `fit()`.", stacklevel=3)
 
     def on_epoch_begin(self, epoch, logs=None):
-        # After every callback's on_train_begin, so that BackupAndRestore
-        # has restored the optimizer's iterations.
+        # After every on_train_begin: BackupAndRestore has restored the optimizer.
         if not self._started:
             self._started = True
-            self._start_or_resume()
+            self._resume(epoch)
 
-    def _start_or_resume(self):
+    def _resume(self, epoch):
         iterations = int(_host(self._opt.iterations))
         if self._state is not None and self._state["iterations"] == iterations:
-            return  # a further fit() call on the same run
-        restored = self._load_backup(iterations)
-        if restored is not None:
-            self._state = restored
+            self._state["next_epoch"] = epoch  # a further fit() of the same run
             return
-        self._state = _fresh_state(iterations)
-        self._classes = None
+        found = self._backup.load(iterations, epoch) if self._backup else None
+        if found is not None:
+            self._state, arrays = found
+            self._classes = arrays.get("classes")
+            return
+        self._state, self._classes = _fresh_state(iterations, epoch), None
         if iterations > 0:
-            self._state["reliable"] = False
             self._state["restarted"] = True
+            hint = ("list PopulationRiskEstimate before BackupAndRestore in `callbacks=`"
+                    if self._backup else "pass `backup_dir=` to resume it with BackupAndRestore")
             warnings.warn(
-                f"PopulationRiskEstimate: the optimizer has already made "
-                f"{iterations} updates and no saved estimate matches them "
-                "(pass `backup_dir=` to resume one with BackupAndRestore). "
-                "The estimate restarts here without its first epoch; "
-                "`pop_risk_reliable` is 0 for the rest of the run.",
-                stacklevel=3,
-            )
+                f"PopulationRiskEstimate: the optimizer has already made {iterations} updates "
+                "and no saved estimate matches them; the estimate restarts without its first "
+                f"epoch and `pop_risk_reliable` is 0 for this run ({hint}).", stacklevel=3)
 
     # ------------------------------------------------------------ per epoch
-
-    def _build_reader(self):
-        opt, alpha = self._opt, self._alpha
-        c = (1.0 - opt.beta_1) / (1.0 + opt.beta_1)
-        eps = opt.epsilon
-
-        def reduce():
-            stats = opt.statistics()
-            sums = [0.0] * 5
-            for m, v, s, q in zip(stats.momentum, stats.velocity, stats.noise_variance,
-                                  stats.gate):
-                if m is None:
-                    continue
-                m, v, s, q = (ops.cast(x, "float32") for x in (m, v, s, q))
-                noise = alpha * s
-                m2 = ops.square(m)
-                g2 = ops.relu(m2 - c * s)
-                capped = ops.minimum(1.0, ops.sqrt(g2 / (noise + _TINY)))
-                terms = (
-                    q / (ops.sqrt(v) + eps) * noise * capped,  # A
-                    m2,
-                    noise,
-                    ops.cast(ops.greater(m2, noise), "float32"),
-                    ops.ones_like(m),
-                )
-                sums = [total + ops.sum(term) for total, term in zip(sums, terms)]
-            return ops.stack([ops.cast(x, "float32") for x in sums])
-
-        self._reduce = compile_reader(reduce, [opt])
-
-    def _predicted_classes(self):
-        """Predicted classes on the `x_train` sample, or None where there
-        are none (no `x_train`, or one output unit)."""
-        import numpy as np
-
-        if self.x_train is None:
-            return None
-        length = len(_first_leaf(self.x_train))
-        step = self.prediction_batch_size
-        chunks = []
-        for start in range(0, length, step):
-            batch = keras.tree.map_structure(lambda a: a[start:start + step], self.x_train)
-            pred = self.model.predict_on_batch(batch)
-            if not hasattr(pred, "shape"):
-                raise ValueError(
-                    "PopulationRiskEstimate(x_train=...) needs a model with one "
-                    f"output tensor; this model returns {type(pred).__name__}."
-                )
-            chunks.append(np.asarray(ops.convert_to_numpy(pred)))
-        pred = np.concatenate(chunks)
-        if pred.ndim < 2 or pred.shape[-1] < 2:
-            if not self._state.get("warned_single_output"):
-                self._state["warned_single_output"] = True
-                warnings.warn(
-                    "PopulationRiskEstimate: the model has one output unit per "
-                    f"example (shape {pred.shape[1:]}), so there is no predicted "
-                    "class to follow and `x_train` is not used (for a one-logit "
-                    "binary classifier, output two logits to have prediction "
-                    "changes counted); early stopping may begin at epoch 1.",
-                    stacklevel=4,
-                )
-            return None
-        return pred.argmax(-1)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        loss = logs.get(self.monitor_loss)
-        if loss is None:
-            raise KeyError(
-                f"PopulationRiskEstimate: the epoch logs have no "
-                f"`{self.monitor_loss}`; available keys: {sorted(logs)}. Pass "
-                "`monitor_loss=` naming the training loss."
-            )
-        if not self._started:  # fit() without on_epoch_begin (not expected)
+        if self.monitor_loss not in logs:
+            raise KeyError(f"PopulationRiskEstimate: the epoch logs have no "
+                           f"`{self.monitor_loss}`; available keys: {sorted(logs)}. Pass "
+                           "`monitor_loss=` naming the training loss.")
+        if not self._started:
             self._started = True
-            self._start_or_resume()
+            self._resume(epoch)
         if self._reduce is None:
-            self._build_reader()
-        st = self._state
-        opt = self._opt
-        loss = float(loss)
-        iterations = int(_host(opt.iterations))
-        updates = iterations - st["iterations"]
-        st["iterations"] = iterations
-        lr = _host(opt.learning_rate)
-        weight_decay = float(opt.weight_decay or 0.0)
+            self._reduce = _epoch_sums(self._opt, self._alpha)
+        st, loss = self._state, float(logs[self.monitor_loss])
+        iterations = int(_host(self._opt.iterations))
+        updates, st["iterations"], st["next_epoch"] = iterations - st["iterations"], iterations, epoch + 1
+        rate, m2, noise, signal, count = (float(x) for x in ops.convert_to_numpy(self._reduce()))
+        st["gap"] = PR.gap_update(st["gap"], _host(self._opt.learning_rate),
+                                  float(self._opt.weight_decay or 0.0), updates, rate)
+        classes, end_loss, accuracy = self._sample_pass()
+        finite = all(math.isfinite(x) for x in (loss, st["gap"], end_loss or 0.0))
+        if st["finite"] and not finite:
+            warnings.warn(f"PopulationRiskEstimate: non-finite training loss ({loss}), "
+                          f"predictions or optimizer statistics at epoch {epoch + 1}; the "
+                          "estimate is unreliable for the rest of the run.", stacklevel=2)
+        st["finite"] = st["finite"] and finite
         if st["first_loss"] is None:
-            self._first_epoch(loss, updates)
-
-        sums = ops.convert_to_numpy(self._reduce()).astype("float64")
-        rate, m2, noise, signal, count = (float(x) for x in sums)
-        st["gap"] = math.exp(-lr * weight_decay * updates) * st["gap"] + lr * updates * rate
-        estimate = loss + st["gap"]
-        if st["reliable"] and loss < self.reliability_threshold * st["first_loss"]:
-            st["reliable"] = False
-            warnings.warn(
-                f"PopulationRiskEstimate: at epoch {epoch + 1} the training loss "
-                f"({loss:.4g}) fell below {self.reliability_threshold:g} times "
-                f"the first epoch's ({st['first_loss']:.4g}); the estimate is no "
-                "longer trusted (`pop_risk_reliable` = 0 from now on) and "
-                "`pop_risk` is held just below its best, so that early stopping "
-                "on it keeps the latest weights. To choose an epoch from here, "
-                "hold out validation data (e.g. `validation_split=0.2` with "
-                "`EarlyStopping(monitor='val_loss')`).",
-                stacklevel=2,
-            )
-        changes = self._prediction_changes()
-        if not (math.isfinite(estimate) and math.isfinite(rate)):
-            if not st["warned_nan"]:
-                warnings.warn(
-                    f"PopulationRiskEstimate: non-finite training loss ({loss}) "
-                    f"or optimizer statistics at epoch {epoch + 1}; `pop_risk` "
-                    "is NaN from now on.",
-                    stacklevel=2,
-                )
-                st["warned_nan"] = True
-            st["gap"] = float("nan")
-            value = estimate = float("nan")
-        elif st["reliable"] or not math.isfinite(st["best"]):
-            value = estimate
-        else:  # strictly below every value logged so far (also in float32)
-            best = st["best"]
-            value = best - max(1e-6 * abs(best), 1e-12)
-        if math.isfinite(value):
-            st["best"] = min(st["best"], value)
-
-        logs["pop_risk"] = float(value)
-        logs["pop_risk_estimate"] = float(estimate)
-        logs["pop_risk_reliable"] = float(st["reliable"])
-        logs["pop_risk_ready"] = float(st["ready"])
-        logs["pop_risk_wave"] = float(st["wave"])
-        # The readable number (see the docstring): the held-out loss is
-        # bracketed by the training loss and by the larger of the first
-        # epoch's loss and `loss + G`; the estimate is the middle of the
-        # training loss and the smaller of the two.
-        first = st["first_loss"] if math.isfinite(estimate) else float("nan")
-        logs["heldout_loss_estimate"] = 0.5 * (loss + min(first, estimate))
-        logs["heldout_loss_low"] = loss if math.isfinite(estimate) else float("nan")
-        logs["heldout_loss_high"] = max(first, estimate)
-        if self._tracks_changes:
-            logs["prediction_changes"] = changes
-            accuracy = self._accuracy
-            if accuracy is not None:
-                low = min(st["first_accuracy"], accuracy)
-                logs["heldout_accuracy_estimate"] = 0.5 * (low + accuracy)
-                logs["heldout_accuracy_low"] = low
-                logs["heldout_accuracy_high"] = accuracy
-        logs["signal_fraction"] = signal / max(count, 1.0)
-        logs["gradient_snr"] = m2 / (noise + _TINY)
+            self._first_epoch(loss, accuracy)
+        first, used = st["first_loss"], loss if end_loss is None else end_loss
+        st["ranked"] = st["ranked"] and loss >= PR.RANKED_LOSS_FRACTION * first
+        if classes is not None and finite:
+            previous, self._classes = self._classes, classes
+            changed = None if previous is None or previous.shape != classes.shape \
+                else float((classes != previous).mean())
+            st["wave"] = PR.wave_update(st["wave"], changed, classes.size, self.label_wave_window,
+                                        self.wave_rise, self.wave_horizon)
+        estimate, low, high = PR.loss_estimate(loss, used, first, st["gap"])
+        reliable = st["finite"] and not st["restarted"] and PR.is_reliable(used, first, st["gap"])
+        logs.update(pop_risk=estimate, pop_risk_low=low, pop_risk_high=high,
+                    pop_risk_reliable=float(reliable))
+        if accuracy is not None:
+            pop_acc = PR.accuracy_estimate(accuracy, st["first_accuracy"])
+            logs.update(zip(("pop_accuracy", "pop_accuracy_low", "pop_accuracy_high"), pop_acc))
+        classifier = self._task == "classification" and self.x_train is not None
+        if classifier:
+            logs["memorization"] = float(st["wave"]["wave"])
+        score = PR.stop_score(loss, st["gap"])
+        self.signals = {"iterations": iterations, "finite": finite, "score": score,
+                        "ready": st["wave"]["ready"], "wave": st["wave"]["wave"],
+                        "ranked": st["ranked"], "end_loss": end_loss, "classifier": classifier}
         if self.diagnostics:
-            logs["pop_risk_gap"] = float(st["gap"])
-            if self._tracks_changes:
-                logs["prediction_changes_smoothed"] = self._smoothed(len(st["changes"]) - 1)
-        self._save_backup()
+            changes = st["wave"]["changes"]
+            logs.update(pop_risk_gap=st["gap"], pop_risk_stop=score,
+                        memorization_ready=float(st["wave"]["ready"]),
+                        signal_fraction=signal / max(count, 1.0), gradient_snr=m2 / (noise + _TINY))
+            if classifier:
+                last = changes[-1] if changes else None
+                logs["prediction_changes"] = math.nan if last is None else last
+                logs["prediction_changes_smoothed"] = PR.smoothed(
+                    changes, len(changes) - 1, self.label_wave_window)
+            if end_loss is not None:
+                logs["train_loss_end"] = end_loss
+        if self._backup:
+            self._backup.save(st, {} if self._classes is None else {"classes": self._classes})
 
-    def _prediction_changes(self):
-        """Count this epoch's prediction changes on the sample and apply
-        the Label Wave rule to `pop_risk_ready`. Returns the fraction
-        changed (NaN when there is no previous epoch to compare with)."""
-        import numpy as np
-
+    def _first_epoch(self, loss, accuracy):
         st = self._state
-        classes = self._predicted_classes()
-        self._tracks_changes = classes is not None
-        self._accuracy = None
-        if classes is None:
-            st["ready"] = st["wave"] = True
-            return float("nan")
-        if self.y_train is not None:
-            if self.y_train.shape != classes.shape:
-                raise ValueError(
-                    f"PopulationRiskEstimate: `y_train` holds labels of shape "
-                    f"{self.y_train.shape[1:]} per example, but the model "
-                    f"predicts classes of shape {classes.shape[1:]}."
-                )
-            self._accuracy = float(np.mean(classes == self.y_train))
-            if st["first_accuracy"] is None:
-                st["first_accuracy"] = self._accuracy
-        previous, self._classes = self._classes, classes
-        if previous is None or previous.shape != classes.shape:
-            st["changes"].append(None)
-            return float("nan")
-        changes = float(np.mean(classes != previous))
-        st["changes"].append(changes)
-        last = len(st["changes"]) - 1
-        before, now = self._smoothed(last - 1), self._smoothed(last)
-        if not st["ready"] and math.isfinite(before) and now > before:
-            st["ready"] = True  # the previous epoch was the first local minimum
-            st["wave_from"], st["wave_base"] = last - 1, before
-        if st["ready"] and not st["wave"] and st["wave_from"] is not None:
-            # A strong wave: within `wave_horizon` epochs of the minimum the
-            # smoothed count rises by `wave_rise` standard errors of a mean
-            # of `window` Poisson counts, sqrt((count at the minimum + 1) / window).
-            size, window = classes.size, self.label_wave_window
-            if last - st["wave_from"] <= self.wave_horizon and math.isfinite(now):
-                rise = (now - st["wave_base"]) * size
-                noise = math.sqrt((st["wave_base"] * size + 1.0) / window)
-                st["wave"] = rise >= self.wave_rise * noise
-        return changes
-
-    def _smoothed(self, index):
-        """Trailing moving average of `label_wave_window` prediction
-        changes ending at `index` (NaN until that many are known)."""
-        window = self.label_wave_window
-        values = self._state["changes"][max(index - window + 1, 0):index + 1]
-        if index < 0 or len(values) < window or any(v is None for v in values):
-            return float("nan")
-        return sum(values) / window
-
-    def _first_epoch(self, loss, updates):
-        st = self._state
-        st["first_loss"] = loss
+        st["first_loss"], st["first_accuracy"] = loss, accuracy
         if not loss > 0:
-            st["reliable"] = False
-            warnings.warn(
-                f"PopulationRiskEstimate: the first epoch's training loss is "
-                f"{loss}; the estimate assumes a positive loss and is marked "
-                "unreliable.",
-                stacklevel=3,
-            )
-        if updates > math.ceil(self._n / self._b_eff):
-            warnings.warn(
-                f"PopulationRiskEstimate: the first epoch made {updates} "
-                f"updates of {self._b_eff} examples, more than one pass over "
-                f"the {self._n} training examples; check `dataset_size`.",
-                stacklevel=3,
-            )
+            st["finite"] = False
+            warnings.warn(f"PopulationRiskEstimate: the first epoch's training loss is {loss}; "
+                          "the estimate assumes a positive loss and is unreliable for this run.",
+                          stacklevel=3)
+
+    def _sample_pass(self):
+        """`(classes, end_loss, accuracy)` on the `x_train` sample (None
+        where not available): one forward pass."""
+        import numpy as np
+
         if self.x_train is None:
-            outputs = getattr(self.model, "outputs", None) or []
-            shape = getattr(outputs[0], "shape", None) if len(outputs) == 1 else None
-            if shape is not None and len(shape) >= 2 and (shape[-1] or 0) > 1:
-                warnings.warn(
-                    "PopulationRiskEstimate: the model has several outputs per "
-                    "example (a classifier?) but no `x_train` was given, so "
-                    "prediction changes are not counted and early stopping "
-                    "may begin at epoch 1 (`pop_risk_ready` = 1), on the loss "
-                    "estimate alone; under label noise that stops before the "
-                    "accuracy peaks. Pass `x_train=` (training inputs) to "
-                    "hold stopping back until memorisation begins.",
-                    stacklevel=3,
-                )
+            return None, None, None
+        length, step = len(keras.tree.flatten(self.x_train)[0]), self.prediction_batch_size
+        chunks = []
+        for start in range(0, length, step):
+            pred = self.model.predict_on_batch(
+                keras.tree.map_structure(lambda a: a[start:start + step], self.x_train))
+            if not hasattr(pred, "shape"):
+                raise ValueError("PopulationRiskEstimate(x_train=...) needs a model with one "
+                                 f"output tensor; this model returns {type(pred).__name__}.")
+            chunks.append(np.asarray(ops.convert_to_numpy(pred)))
+        pred = np.concatenate(chunks)
+        classifier = self._task == "classification"
+        if classifier and (pred.ndim < 2 or pred.shape[-1] < 2):
+            raise ValueError(
+                "PopulationRiskEstimate: the model is a classifier but predicts "
+                f"{pred.shape[1:]} per example, with no class axis of two or more entries to "
+                "follow; for a binary classifier output two logits, or pass "
+                "`task='regression'`.")
+        labels = None if self.y_train is None or not classifier else _labels(self.y_train, pred)
+        end_loss = None
+        if self.y_train is not None:
+            end_loss = float(ops.convert_to_numpy(ops.mean(self._loss_fn()(self.y_train, pred))))
+        if not classifier:
+            return None, end_loss, None
+        if not np.all(np.isfinite(pred)):
+            return None, math.nan, None
+        classes = pred.argmax(-1)
+        accuracy = None if labels is None else float(np.mean(classes == labels))
+        return classes, end_loss, accuracy
 
-    # ------------------------------------------------------------ backup
+    def _loss_fn(self):
+        compiled = getattr(self.model, "_compile_loss", None)
+        return compiled if compiled is not None else keras.losses.get(self.model.loss)
 
-    def _save_backup(self):
-        if self.backup_dir is None:
-            return
-        import numpy as np
+    # ------------------------------------------------------------ rollback
 
-        os.makedirs(self.backup_dir, exist_ok=True)
-        path = os.path.join(self.backup_dir, _CLASSES_FILE)
-        if self._classes is not None:
-            with open(path + ".tmp", "wb") as f:
-                np.save(f, self._classes)
-            os.replace(path + ".tmp", path)
-        elif os.path.exists(path):
-            os.remove(path)
-        path = os.path.join(self.backup_dir, _STATE_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(self._state, f)
-        os.replace(path + ".tmp", path)
+    def _snapshot(self):
+        return json.loads(json.dumps(self._state)), self._classes
 
-    def _load_backup(self, iterations):
-        """The saved state if it belongs to `iterations`, else None."""
-        if self.backup_dir is None:
-            return None
-        path = os.path.join(self.backup_dir, _STATE_FILE)
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            state = json.load(f)
-        if state.get("iterations") != iterations or state.get("first_loss") is None:
-            return None
-        state = {**_fresh_state(iterations), **state}  # a state saved by keras_snr < 0.2
-        import numpy as np
-
-        classes = os.path.join(self.backup_dir, _CLASSES_FILE)
-        self._classes = np.load(classes) if os.path.exists(classes) else None
-        return state
+    def _rollback(self, snapshot):
+        """Return to the state of an earlier epoch whose weights were
+        restored; the optimizer keeps its iterations."""
+        self._state, self._classes = json.loads(json.dumps(snapshot[0])), snapshot[1]
+        self._state["iterations"] = int(_host(self._opt.iterations))
 
 
-def _fresh_state(iterations):
-    return {
-        "iterations": iterations,
-        "first_loss": None,
-        "gap": 0.0,
-        "reliable": True,
-        "ready": False,
-        "wave": False,
-        "wave_from": None,
-        "wave_base": None,
-        "first_accuracy": None,
-        "changes": [],
-        "best": math.inf,
-        "warned_nan": False,
-        "restarted": False,
-    }
+def _fresh_state(iterations, epoch):
+    return {"iterations": iterations, "next_epoch": epoch, "first_loss": None,
+            "first_accuracy": None, "gap": 0.0, "finite": True, "ranked": True,
+            "restarted": False, "wave": PR.new_wave()}
 
 
-class ValidationFreeStopping(keras.callbacks.EarlyStopping):
-    """Early stopping without a validation set: the recommended recipe with
-    `keras_snr.PopulationRiskEstimate`.
+class ValidationFreeStopping(keras.callbacks.Callback):
+    """Early stopping without a validation set, reading a
+    `PopulationRiskEstimate`.
 
-    A `keras.callbacks.EarlyStopping(monitor="pop_risk", mode="min",
-    patience=patience, restore_best_weights=restore_best_weights)` that
-    counts an epoch only once `pop_risk_ready` is 1 in the logs and stops
-    only once `pop_risk_wave` is 1: for a classifier whose
-    `PopulationRiskEstimate` has `x_train`, it counts from the epoch after
-    the first local minimum of the smoothed prediction changes (Label Wave)
-    and may stop once a strong rise after it has confirmed that
-    memorisation began (until then `patience` is not enforced: without such
-    a wave it never stops early); otherwise it counts and may stop from
-    epoch 1. It keeps the weights of the epoch with the lowest `pop_risk`
-    among those it counted (Keras restores them at the end of training,
-    stopped or not); `best_epoch` is that epoch (0-based), or the last
-    epoch trained when none was counted (the model then keeps its latest
-    weights). List it after the `PopulationRiskEstimate` in `callbacks=`.
+    For a classifier whose estimate has `x_train` and `y_train`: epochs
+    count from the one after Label Wave's first minimum of prediction
+    changes on the training sample; the best is the counted epoch with the
+    lowest `pop_risk_stop` (training loss plus estimated optimism). Earlier
+    weights are kept only on evidence that the model memorised since: a
+    strong wave of prediction changes (`memorization` = 1) and an
+    end-of-epoch training loss fallen to `memorization_ratio` times its
+    value at the best epoch or below. With that evidence, training stops
+    once `pop_risk_stop` has not improved for `patience` counted epochs,
+    and the best epoch's weights are restored (also when training runs to
+    the end); without it, the model keeps its latest weights, as if trained
+    to the end. A non-finite loss or prediction stops training at once and
+    restores the best epoch's weights, never non-finite ones.
 
-    Without a wave the lowest `pop_risk` is often the first counted epoch
-    (`pop_risk` rises as the training loss falls), so a run whose accuracy
-    kept rising is rolled back to it: on the benchmark's v4 held-out tasks
-    that cost more than 2 % accuracy on about a third of the cells. If the
-    history shows `pop_risk_wave` at 0 throughout, prefer the latest
-    weights (a `keras.callbacks.ModelCheckpoint` saves them each epoch).
+    For a regression model, or without `x_train` and `y_train`, it keeps the
+    latest weights (on the benchmark, rolling back there made models worse
+    more often than better) and only guards against a non-finite loss; a
+    warning says so.
+
+    After `fit()`, `best_epoch` is the epoch whose weights the model holds
+    (0-based), `stopped_epoch` the epoch training stopped at (0 if it ran to
+    the end) and `restored` whether earlier weights were restored; the
+    estimate is rolled back with the weights, so a further `fit()`
+    continues from a consistent state. With `use_ema=True` the moving
+    average of the best epoch is restored, as Keras would have kept it.
+
+    Example:
+
+    ```python
+    estimate = keras_snr.PopulationRiskEstimate(
+        dataset_size=len(x_train), batch_size=64, x_train=x_train, y_train=y_train)
+    stopping = keras_snr.ValidationFreeStopping(estimate)
+    model.fit(x_train, y_train, batch_size=64, epochs=100, callbacks=[estimate, stopping])
+    print(stopping.best_epoch, stopping.restored)
+    ```
 
     Args:
-        patience: Epochs without a lower `pop_risk` before stopping.
-            Defaults to 10 (the value the benchmark used).
-        restore_best_weights: As in `EarlyStopping`. Defaults to True.
-        verbose: As in `EarlyStopping`.
+        estimate: The `keras_snr.PopulationRiskEstimate` of the same
+            `fit()`, listed before this callback.
+        patience: Counted epochs without a lower `pop_risk_stop` before
+            stopping (once memorisation is evident).
+        memorization_ratio: In `(0, 1)`: how far the end-of-epoch training
+            loss must fall below its value at the best epoch to count as
+            memorisation.
+        verbose: 1 to print when it stops or restores.
     """
 
-    def __init__(self, patience=10, restore_best_weights=True, verbose=0):
-        if _positive_int("patience", patience) is None:
-            raise ValueError("`patience` must be a positive integer; received patience=None")
-        super().__init__(monitor="pop_risk", mode="min", min_delta=0, patience=patience,
-                         restore_best_weights=restore_best_weights, verbose=verbose)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if "pop_risk_ready" not in logs or "pop_risk_wave" not in logs:
-            raise ValueError(
-                "ValidationFreeStopping reads `pop_risk`, `pop_risk_ready` and "
-                "`pop_risk_wave`, which keras_snr.PopulationRiskEstimate "
-                "writes; list a PopulationRiskEstimate before it in "
-                f"`callbacks=`. Logs hold: {sorted(logs)}."
-            )
-        self._last_epoch = epoch
-        if logs["pop_risk_ready"] < 0.5:
-            return
-        if logs["pop_risk_wave"] >= 0.5:
-            super().on_epoch_end(epoch, logs)
-            return
-        patience, self.patience = self.patience, math.inf  # count, but do not stop yet
-        try:
-            super().on_epoch_end(epoch, logs)
-        finally:
-            self.patience = patience
+    def __init__(self, estimate=None, patience=10, memorization_ratio=0.15, verbose=0):
+        super().__init__()
+        if not isinstance(estimate, PopulationRiskEstimate):
+            raise TypeError(
+                "ValidationFreeStopping reads a keras_snr.PopulationRiskEstimate; pass the "
+                "one you give to `fit()`: `ValidationFreeStopping(estimate)`; received "
+                f"{type(estimate).__name__}.")
+        self.estimate, self.patience = estimate, _positive_int("patience", patience)
+        if isinstance(memorization_ratio, bool) or not isinstance(memorization_ratio, numbers.Real) \
+                or not 0 < memorization_ratio < 1:
+            raise ValueError("`memorization_ratio` must be in (0, 1); received "
+                             f"memorization_ratio={memorization_ratio!r}")
+        self.memorization_ratio, self.verbose = float(memorization_ratio), verbose
+        self.best_epoch = self.stopped_epoch = 0
+        self.restored = False
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._last_epoch = None
+        self._state, self._best, self._last = None, None, None
+        self.best_epoch = self.stopped_epoch = 0
+        self.restored = False
+        estimate = self.estimate
+        if estimate.x_train is None or estimate.y_train is None or estimate._task != "classification":
+            warnings.warn(
+                "ValidationFreeStopping restores earlier weights only for a classifier whose "
+                "PopulationRiskEstimate has `x_train` and `y_train`; here it keeps the latest "
+                "weights and only stops on a non-finite loss.", stacklevel=2)
+        backup = estimate._backup
+        self._backup = None if backup is None else EpochBackup(backup.directory, "stopping")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._state is not None:
+            return
+        self._state = PR.new_stopping()
+        if self._backup:  # resumed by BackupAndRestore: the matching state
+            found = self._backup.load(int(_host(self.estimate._opt.iterations)), epoch)
+            if found is not None:
+                saved, arrays = found
+                self._state = saved["stopping"]
+                if "classes" in arrays or saved["snapshot"] is not None:
+                    classes = arrays.get("classes")
+                    weights = [arrays[f"w{i}"] for i in range(saved["weights"])]
+                    self._best = (weights, (saved["snapshot"], classes))
+
+    def on_epoch_end(self, epoch, logs=None):
+        signals = self.estimate.signals
+        if signals is None or signals["iterations"] != int(_host(self.estimate._opt.iterations)):
+            raise ValueError("ValidationFreeStopping reads this epoch's PopulationRiskEstimate: "
+                             "list the estimate before it in `callbacks=`.")
+        self._last = epoch, signals
+        if not signals["classifier"]:
+            signals = {**signals, "ready": False}  # nothing to rank: guard against NaN only
+        self._state, stop = PR.stopping_update(self._state, epoch, signals, self.patience,
+                                               self.memorization_ratio)
+        if self._state["best_epoch"] == epoch:
+            self._best = (self._weights(), self.estimate._snapshot())
+        if stop:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
+        if self._backup:
+            self._save(epoch)
 
     def on_train_end(self, logs=None):
-        if self.best is None and self._last_epoch is not None:
-            self.best_epoch = self._last_epoch  # nothing counted: the latest weights stay
-        super().on_train_end(logs)
+        if self._last is None:
+            return
+        last, signals = self._last
+        epoch, restore = PR.kept_epoch(self._state, last, signals["end_loss"], signals["finite"],
+                                       self.memorization_ratio)
+        self.best_epoch = epoch
+        if restore:
+            weights, snapshot = self._best
+            self.model.set_weights(weights)
+            self.estimate._rollback(snapshot)
+            self.restored = True
+            if self.verbose:
+                print(f"ValidationFreeStopping: restored the weights of epoch "
+                                   f"{epoch + 1}.")
+        elif not signals["finite"]:
+            warnings.warn("ValidationFreeStopping: training stopped on a non-finite loss before "
+                          "any epoch was counted; the model's weights may be non-finite.",
+                          stacklevel=2)
+        self._state = None  # a further fit() starts afresh, as EarlyStopping does
+
+    def _weights(self):
+        """The model's weights as the user would keep them now: with
+        `use_ema`, the moving averages Keras writes in at the end of fit()."""
+        opt = self.estimate._opt
+        values = [ops.convert_to_numpy(v.value) for v in self.model.weights]
+        if opt.use_ema:
+            trainable = {id(v): v for v in self.model.trainable_weights}
+            for i, v in enumerate(self.model.weights):
+                if id(v) in trainable:
+                    average = opt._model_variables_moving_average[opt._get_variable_index(v)]
+                    if average is not None:
+                        values[i] = ops.convert_to_numpy(average.value)
+        return values
+
+    def _save(self, epoch):
+        st = self.estimate._state
+        saved = {"iterations": st["iterations"], "next_epoch": epoch + 1,
+                 "stopping": self._state, "snapshot": None, "weights": 0}
+        arrays = {}
+        if self._best is not None:
+            weights, (snapshot, classes) = self._best
+            saved.update(snapshot=snapshot, weights=len(weights))
+            arrays = {f"w{i}": w for i, w in enumerate(weights)}
+            if classes is not None:
+                arrays["classes"] = classes
+        self._backup.save(saved, arrays)

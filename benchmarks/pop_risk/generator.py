@@ -53,6 +53,12 @@ on); what differs:
   (the usual residual dropout). No Dropout layer is built when it is 0.
 
 Everything else (architectures, label noise, the other ranges) is v3's.
+
+Seeds >= 4000 are the v5 held-out set (population risk 1.0): v4's
+distribution with runs up to 150 epochs: epochs = clip(V5_STEP_BUDGET[arch]
+// steps per epoch, 30, 150), V5_STEP_BUDGET being 1.25 times v4's, under the
+same 60 s time cap. Everything else is v4's; specs of seeds below 4000 are
+unchanged.
 """
 
 import math
@@ -70,6 +76,9 @@ V4_MIN_EPOCHS = 3
 V4_SECONDS = 60.0  # the cap on a run's estimated time (one CPU thread, JAX)
 V4_SCHEDULES = ("constant", "cosine", "step")
 V4_DROPOUT = ((0.0, 0.1, 0.2, 0.3), (0.5, 1 / 6, 1 / 6, 1 / 6))
+V5_FIRST_SEED = 4000  # from here on: v5 (longer runs)
+V5_STEP_BUDGET = {"mlp": 15000, "cnn": 7500, "transformer": 6250}  # v4's x 1.25
+V5_EPOCHS = (30, 150)
 
 
 def _log_uniform(rng, low, high):
@@ -123,7 +132,10 @@ def draw_spec(task_seed):
     if v4:  # draws after all of v3's, which are unchanged
         spec["schedule"] = str(rng.choice(V4_SCHEDULES))
         spec["dropout"] = float(rng.choice(V4_DROPOUT[0], p=V4_DROPOUT[1]))
-        epochs = int(np.clip(V4_STEP_BUDGET[arch] // steps_per_epoch, *V4_EPOCHS))
+        if task_seed >= V5_FIRST_SEED:
+            epochs = int(np.clip(V5_STEP_BUDGET[arch] // steps_per_epoch, *V5_EPOCHS))
+        else:
+            epochs = int(np.clip(V4_STEP_BUDGET[arch] // steps_per_epoch, *V4_EPOCHS))
         spec["epochs"] = max(V4_MIN_EPOCHS, min(epochs, v4_max_steps(spec) // steps_per_epoch))
         return spec
     budget = {"mlp": 6000, "cnn": 3000, "transformer": 2500}[arch]

@@ -292,13 +292,14 @@ class Recorder(keras.callbacks.Callback):
 
 def library_callbacks(task, train):
     """The estimating callback of every full-data run: the library's, as a
-    user would set it up (`x_train` the training inputs, and for
-    classification `y_train` their labels; default sample size, window,
-    wave and threshold)."""
+    user would set it up (`x_train` the training inputs and `y_train` their
+    labels or targets; default sample size and wave constants), with its
+    diagnostic keys, from which `pop_risk/score_v5.py` replays
+    `keras_snr.ValidationFreeStopping` with the library's own functions (a
+    live one could stop the run, and the record must go to the end)."""
     n, b = len(train[0]), task["batch"]
-    labels = {} if task["loss"] == "mse" else {"y_train": train[1]}
     return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=b, x_train=train[0],
-                                             diagnostics=True, **labels)]
+                                             y_train=train[1], diagnostics=True)]
 
 
 def _fit(task, gate, seed, train, val, callbacks, arrays, epochs, gd):
