@@ -15,6 +15,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_snr import _distributed as D
 from keras_snr import population_risk as PR
 from keras_snr._backup import EpochBackup
 from keras_snr.snr_adam import finite_dataset_alpha
@@ -310,7 +311,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         self.signals = None  # this epoch's inputs of ValidationFreeStopping
         self._state = None  # kept across fit() calls
         self._classes = None  # predicted classes on the sample at the last epoch end
-        self._backup = None if backup_dir is None else EpochBackup(self.backup_dir, "estimate")
+        self._backup = None
         self._training = False
 
     # ------------------------------------------------------------ set-up
@@ -330,6 +331,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                 f"({getattr(self.model, 'loss', None)!r}) whether the model is a classifier; "
                 "pass `task='classification'` or `task='regression'`.")
         self._reduce, self._started, self._training = None, False, True
+        if self.backup_dir is not None:  # one set of files per process
+            rank = D.process_index()
+            self._backup = EpochBackup(self.backup_dir, f"estimate{'' if rank == 0 else rank}")
 
     def on_train_end(self, logs=None):
         self._training = False
@@ -385,7 +389,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             self._resume(epoch)
         if self._reduce is None:
             self._reduce = _epoch_sums(self._opt, self._alpha)
-        st, loss = self._state, float(logs[self.monitor_loss])
+        # the loss of the whole run's batch: under torch.distributed each
+        # process logs its own
+        st, loss = self._state, D.mean_over_processes(float(logs[self.monitor_loss]))
         iterations = int(_host(self._opt.iterations))
         updates, st["iterations"], st["next_epoch"] = iterations - st["iterations"], iterations, epoch + 1
         rate, m2, noise, signal, count = (float(x) for x in ops.convert_to_numpy(self._reduce()))
@@ -400,6 +406,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         st["finite"] = st["finite"] and finite
         if st["first_loss"] is None:
             self._first_epoch(loss, accuracy)
+            self._check_processes_in_sync()
         first, used = st["first_loss"], loss if end_loss is None else end_loss
         st["ranked"] = st["ranked"] and loss >= PR.RANKED_LOSS_FRACTION * first
         if classes is not None and finite:
@@ -446,6 +453,19 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                           "the estimate assumes a positive loss and is unreliable for this run.",
                           stacklevel=3)
 
+    def _check_processes_in_sync(self):
+        import numpy as np
+
+        if not D.gradients_may_differ():
+            return
+        checksum = float(sum(np.sum(np.asarray(ops.convert_to_numpy(v.value), "float64") * (i + 1))
+                             for i, v in enumerate(self.model.trainable_weights)))
+        if not D.same_over_processes(checksum):
+            warnings.warn(
+                "PopulationRiskEstimate: the processes of this run hold different weights "
+                "after the first epoch: their gradients are not averaged (fit() beside a "
+                "DDP(model) wrapper averages nothing); see docs/distributed.md.", stacklevel=3)
+
     def _sample_pass(self):
         """`(classes, end_loss, accuracy)` on the `x_train` sample (None
         where not available): one forward pass."""
@@ -461,7 +481,8 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
             if not hasattr(pred, "shape"):
                 raise ValueError("PopulationRiskEstimate(x_train=...) needs a model with one "
                                  f"output tensor; this model returns {type(pred).__name__}.")
-            chunks.append(np.asarray(ops.convert_to_numpy(pred)))
+            rows = min(step, length - start)
+            chunks.append(D.local_rows(self.model, np.asarray(ops.convert_to_numpy(pred)), rows))
         pred = np.concatenate(chunks)
         classifier = self._task == "classification"
         if classifier and (pred.ndim < 2 or pred.shape[-1] < 2):
@@ -581,8 +602,9 @@ class ValidationFreeStopping(keras.callbacks.Callback):
                 "ValidationFreeStopping restores earlier weights only for a classifier whose "
                 "PopulationRiskEstimate has `x_train` and `y_train`; here it keeps the latest "
                 "weights and only stops on a non-finite loss.", stacklevel=2)
-        backup = estimate._backup
-        self._backup = None if backup is None else EpochBackup(backup.directory, "stopping")
+        backup = estimate._backup  # its per-process file names, for the stopping state
+        self._backup = (None if backup is None
+                        else EpochBackup(backup.directory, backup.name.replace("estimate", "stopping")))
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._state is not None:
