@@ -152,7 +152,7 @@ ARMS = {
     "grokfast": dict(kind="grokfast"),
 }
 # Issue 21, step 2: candidates, prototyped here as subclasses of SNRAdam
-# (its per-variable update path; tests/test_benchmarks.py checks them against
+# (its per-variable update path; tests/benchmarks/test_benchmarks.py checks them against
 # NumPy) before any of them goes into SNRAdam. Not in the default arms.
 CANDIDATES = {
     # q / mean(q) per tensor, capped at 1: coordinates at or above the

@@ -1,10 +1,12 @@
 """SNR-Adam: Adam that moves each coordinate only as far as its gradient's
 signal beats its noise.
 
-The update rule is `SNRAdam._update`, read top to bottom; the gate formula is
-`keras_snr.gate.gate`. `_torch_fast_path.py` runs the same math with
-multi-tensor kernels on PyTorch (compiled by `torch.compile` on CUDA) and is
-checked against the same NumPy reference in `tests/`.
+`SNRAdam` is the optimizer, `finite_dataset_alpha` the noise coefficient for
+a finite training set and `SNRStatistics` what `SNRAdam.statistics()`
+returns. The update rule is `SNRAdam._update`, read top to bottom; the gate
+formula is `keras_snr.gate.gate`. `_torch_fast_path.py` runs the same math
+with multi-tensor kernels on PyTorch (compiled by `torch.compile` on CUDA)
+and is checked against the same NumPy reference in the tests.
 """
 
 import math
@@ -23,84 +25,173 @@ REDUCTIONS = ("elementwise", "per_tensor")
 # Optimizer state is saved by position. This number is saved with the state
 # and checked on load; bump it whenever the slot layout changes.
 SLOT_LAYOUT_VERSION = 1
+"""The layout of `SNRAdam`'s saved state, stored with it and checked on load.
+
+An `SNRAdam` keeps, after the iteration count and the learning rate, this
+number and three slots per trained variable (`momentum`, `velocity`,
+`noise_variance`, float32 for 16-bit variables). Loading a state whose
+layout differs (another optimizer's, or another version's) raises a
+`ValueError` instead of silently restarting the optimizer or permuting its
+state.
+"""
 _SLOT_NAMES = ("momentum", "velocity", "noise_variance")
 
 
 class SNRStatistics(NamedTuple):
     """What `SNRAdam` knows about a variable after its last update.
 
-    Returned by `SNRAdam.statistics()`: for one variable, each field is a
-    tensor shaped like it (float32 for 16-bit variables); for all of them, a
-    list with one tensor per variable. All bias-corrected.
+    Returned by `SNRAdam.statistics()`. All four are bias-corrected, as of
+    the last update:
+
+    ```
+    momentum       = m_hat = m / (1 - beta_1**t)
+    velocity       = v_hat = v / (1 - beta_2**t)
+    noise_variance = s_hat = s / (1 - rho**t)
+    gate           = q     = gate(m_hat**2, s_hat)    # 1 on the first step
+    ```
+
+    For one variable, each field is a tensor shaped like it (float32 for
+    16-bit variables; `gate` is a scalar with `reduction="per_tensor"`);
+    for all variables, each field is a list with one tensor per variable.
+
+    Attributes:
+        momentum: `m_hat`, the running mean of the gradient.
+        velocity: `v_hat`, the running mean of the squared gradient.
+        noise_variance: `s_hat`, the running variance of the batch gradient
+            around the momentum.
+        gate: `q`, the gate the last update applied.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    optimizer = keras_snr.SNRAdam()
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(np.random.rand(256, 8), np.random.rand(256, 1), batch_size=32, verbose=0)
+
+    stats = optimizer.statistics(model.layers[0].kernel)
+    print(tuple(stats.gate.shape))  # (8, 1): one gate per weight
+    snr = keras.ops.square(stats.momentum) / (stats.noise_variance + 1e-12)
+    ```
     """
 
-    momentum: Any  # m_hat: the gradient's running mean
-    velocity: Any  # v_hat: the gradient's running second moment
-    noise_variance: Any  # s_hat: the running variance of the batch gradient
-    gate: Any  # q: the gate the last update applied (1 on the first)
+    momentum: Any
+    velocity: Any
+    noise_variance: Any
+    gate: Any
 
 
 @keras.saving.register_keras_serializable(package="keras_snr")
 class SNRAdam(keras.optimizers.Optimizer):
-    """Adam whose step on each coordinate is gated by the gradient's SNR.
+    """Optimizer that implements Adam with a per-coordinate SNR gate.
 
-    Per coordinate, update only as far as the batch signal beats its noise
-    (Litman & Guo, 2026, where the optimizer is called PRM). Next to Adam's
-    momentum `m` and velocity `v`, one slot more, the noise variance `s`,
-    tracks how much the batch gradient scatters around `m`; the gate `q` is
-    near 1 where `m_hat**2` dominates `alpha * s_hat` and near 0 where the
-    noise does. Per variable, at step `t`, with `g` the batch gradient:
+    SNR-Adam moves each coordinate only as far as the signal of its batch
+    gradient beats the gradient's noise (Litman & Guo, 2026, where the
+    optimizer is called PRM). Next to Adam's momentum `m` and velocity `v` it
+    keeps one slot more per variable, the noise variance `s`: how much the
+    batch gradient scatters around `m`. The gate `q` is near 1 where
+    `m_hat**2` dominates `alpha * s_hat` and near 0 where the noise does;
+    `gate=None` is exactly AdamW.
+
+    Per variable, at step `t`, with `g` the batch gradient:
 
     ```
     s <- rho * s + (1 - rho) * (g - m)**2      # m from before this step
     m <- beta_1 * m + (1 - beta_1) * g
     v <- beta_2 * v + (1 - beta_2) * g**2
-    m_hat, v_hat, s_hat = m / (1 - beta_1**t), v / (1 - beta_2**t), s / (1 - rho**t)
-    q = gate(m_hat**2, s_hat)                  # 1 on the first step
-    w <- w - lr * q * m_hat / (sqrt(v_hat) + epsilon)
+    m_hat = m / (1 - beta_1**t)
+    v_hat = v / (1 - beta_2**t)
+    s_hat = s / (1 - rho**t)
+    q = gate(m_hat**2, s_hat)                  # q = 1 on the first step
+    w <- w - learning_rate * q * m_hat / (sqrt(v_hat) + epsilon)
     ```
 
-    with decoupled weight decay (as `AdamW`) before the update. `gate="snr"`
-    gives `q = m_hat**2 / (m_hat**2 + softness * alpha * s_hat + eps**2)`;
-    `"soft"`, `"hard"` and `None` (exactly AdamW) are in `keras_snr.gate`.
-    `statistics(variable)` and `gate_summary()` read the state back.
-    The rule's derivation, what is reconstruction and why, and how `alpha`
-    is chosen: `docs/method.md` in the keras_snr repository.
+    with decoupled weight decay (as in `keras.optimizers.AdamW`) applied
+    before the update. The default gate, `gate="snr"`, is
+
+    ```
+    q = m_hat**2 / (m_hat**2 + softness * alpha * s_hat + epsilon**2)
+    ```
+
+    `"soft"`, `"hard"` and `None` are defined in `keras_snr.gate.gate`.
+    `statistics()` and `gate_summary()` read the state back. The derivation,
+    what is reconstructed from the paper and how to choose `alpha` are in
+    `docs/method.md` of the source repository.
 
     Args:
-        learning_rate: A float, a `LearningRateSchedule`, or a callable
-            returning the value. Defaults to `0.001`.
-        beta_1: Decay of `m`, in `[0, 1)`. Defaults to `0.9`.
-        beta_2: Decay of `v`, in `[0, 1)`. Defaults to `0.999`.
-        rho: Decay of `s`, in `[0, 1)`; it averages about `1 / (1 - rho)`
-            steps. Defaults to `0.99`.
-        epsilon: Added to `sqrt(v_hat)`; its square stabilises the gate.
-            Defaults to `1e-8`.
-        gate: `"snr"`, `"soft"`, `"hard"` or `None`. Defaults to `"snr"`.
-        softness: `>= 0`. In `"snr"` it multiplies `alpha` (moves the
-            midpoint); in `"soft"` it sets how slowly `q` rises above the
-            threshold. Defaults to `1.0`.
-        alpha: Noise coefficient, `>= 0`: `1` when every batch is a fresh
-            draw; `keras_snr.finite_dataset_alpha(b, n)` for a finite
-            training set. `0` opens the `"hard"` gate and (up to `epsilon`)
-            the `"snr"` gate. Defaults to `1.0`.
-        reduction: `"elementwise"` or `"per_tensor"` (one gate per variable,
-            from `sum(m_hat**2)` and `sum(s_hat)`). Defaults to
-            `"elementwise"`.
-        weight_decay: Decoupled weight decay. Defaults to `0.01`.
-        fused: Run the update with the backend's fast implementation: one
-            XLA-compiled function per variable on TensorFlow (unless the
-            step is already XLA-compiled); on PyTorch, all variables at
-            once, as multi-tensor `torch._foreach_*` kernels, and on CUDA
-            compiled by `torch.compile` into fused kernels for the variables
-            of 65,536 elements or more (the first step compiles: seconds for
-            a few large variables, about a minute for a ~100-variable
-            transformer; `KERAS_SNR_TORCH_COMPILE=0` turns it off); no
-            effect on JAX. `False` runs the plain `keras.ops` math; results
-            agree to float rounding. Defaults to `True`.
-        {{base_optimizer_keyword_args}}
+        learning_rate: A float, a
+            `keras.optimizers.schedules.LearningRateSchedule` instance, or a
+            callable that takes no arguments and returns the value to use.
+            Defaults to `0.001`.
+        beta_1: Float in `[0, 1)`. Decay rate of the momentum `m`.
+            Defaults to `0.9`.
+        beta_2: Float in `[0, 1)`. Decay rate of the velocity `v`.
+            Defaults to `0.999`.
+        rho: Float in `[0, 1)`. Decay rate of the noise variance `s`, which
+            averages over about `1 / (1 - rho)` steps. Defaults to `0.99`.
+        epsilon: Float `> 0`. Added to `sqrt(v_hat)`; its square stabilises
+            the gate. Defaults to `1e-8`.
+        gate: `"snr"`, `"soft"`, `"hard"` or `None` (no gate: AdamW).
+            Defaults to `"snr"`.
+        softness: Float `>= 0`. In `"snr"` it multiplies `alpha` (moves the
+            gate's midpoint); in `"soft"` it sets how slowly `q` rises above
+            the threshold. Defaults to `1.0`.
+        alpha: Float `>= 0`. The noise coefficient: `1` when every batch is
+            a fresh draw, `keras_snr.finite_dataset_alpha(b, n)` for a
+            finite training set. `0` opens the `"hard"` gate and (up to
+            `epsilon`) the `"snr"` gate. Defaults to `1.0`.
+        reduction: `"elementwise"` (one gate per coordinate) or
+            `"per_tensor"` (one gate per variable, from `sum(m_hat**2)` and
+            `sum(s_hat)`). Defaults to `"elementwise"`.
+        weight_decay: Float or `None`. Decoupled weight decay.
+            Defaults to `0.01`.
+        fused: Boolean. Whether to run the update with the backend's fast
+            implementation: one XLA-compiled function per variable on
+            TensorFlow (unless the step is already XLA-compiled); on
+            PyTorch, all variables at once as multi-tensor
+            `torch._foreach_*` kernels, and on CUDA compiled by
+            `torch.compile` into fused kernels for the variables of 65,536
+            elements or more (the first step compiles;
+            `KERAS_SNR_TORCH_COMPILE=0` turns compiling off). No effect on
+            JAX. `False` runs the plain `keras.ops` math; results agree to
+            float rounding. Defaults to `True`.
+        clipnorm: Float or `None`. If set, the gradient of each variable is
+            clipped so that its norm is no higher than this value.
+        clipvalue: Float or `None`. If set, each gradient is clipped to
+            `[-clipvalue, clipvalue]`.
+        global_clipnorm: Float or `None`. If set, all gradients are clipped
+            together so that their global norm is no higher than this value.
+        use_ema: Boolean. Whether to keep an exponential moving average of
+            the weights. Defaults to `False`.
+        ema_momentum: Float. Momentum of that moving average, used if
+            `use_ema=True`. Defaults to `0.99`.
+        ema_overwrite_frequency: Int or `None`. Every this many iterations
+            the weights are overwritten with their moving average (`None`:
+            at the end of `fit()`), used if `use_ema=True`.
+        loss_scale_factor: Float or `None`. If set, the loss is multiplied
+            by it and the gradients by its inverse (mixed precision).
+        gradient_accumulation_steps: Int or `None`. If set, the variables
+            are updated every this many steps, with the mean of the
+            gradients since the last update.
+        name: String. The name of the optimizer.
 
-    References:
+    Example:
+
+    ```python
+    x = np.random.rand(1000, 8)
+    y = x @ np.random.rand(8, 1) + 0.1 * np.random.normal(size=(1000, 1))
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    optimizer = keras_snr.SNRAdam(
+        learning_rate=1e-2,
+        # 1000 training examples, batches of 32.
+        alpha=keras_snr.finite_dataset_alpha(batch_size=32, dataset_size=1000),
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    print(optimizer.gate_summary())  # {"gate_mean": ..., "gate_open_fraction": ...}
+    ```
+
+    Reference:
         - [Litman & Guo, 2026](https://arxiv.org/abs/2605.01172)
     """
 
@@ -331,14 +422,18 @@ class SNRAdam(keras.optimizers.Optimizer):
     # -------------------------------------------------------- the statistics
 
     def statistics(self, variable=None):
-        """Bias-corrected statistics, as of the last update.
+        """Returns the bias-corrected statistics, as of the last update.
 
-        Returns `SNRStatistics(momentum, velocity, noise_variance, gate)`:
-        `m_hat`, `v_hat`, `s_hat` and the gate `q` the last update applied
-        (`1` on the first step; a scalar per variable with
-        `reduction="per_tensor"`). These are new tensors: writing to them
-        does not change the optimizer. Before the first update the moments
-        are zero and the gate is 1.
+        For each variable, `SNRStatistics(momentum, velocity,
+        noise_variance, gate)`: `m_hat`, `v_hat`, `s_hat` and the gate `q`
+        the last update applied (`1` on the first step; a scalar per
+        variable with `reduction="per_tensor"`). Before the first update
+        the moments are zero and the gate is 1. The tensors are new:
+        writing to them does not change the optimizer.
+
+        Under `stateless_apply` (JAX), call it inside
+        `keras.StatelessScope(state_mapping=zip(optimizer.variables,
+        optimizer_values))` to read those values.
 
         Args:
             variable: One variable the optimizer trains. If `None`, every
@@ -346,9 +441,16 @@ class SNRAdam(keras.optimizers.Optimizer):
                 with, in that order (`None` for a variable overwritten with
                 its gradient, which has no statistics).
 
-        Under `stateless_apply` (JAX), call it inside
-        `keras.StatelessScope(state_mapping=zip(optimizer.variables,
-        optimizer_values))` to read those values.
+        Returns:
+            An `SNRStatistics`.
+
+        Example:
+
+        ```python
+        stats = optimizer.statistics(model.layers[0].kernel)
+        print(tuple(stats.gate.shape))  # the kernel's shape
+        all_stats = optimizer.statistics()  # lists, one entry per variable
+        ```
         """
         if not self.built:
             raise ValueError(
@@ -378,11 +480,11 @@ class SNRAdam(keras.optimizers.Optimizer):
         return self._statistics_of(index)
 
     def gate_summary(self):
-        """The gate over all trained coordinates, as of the last update.
+        """Returns the gate over all trained coordinates, as of the last update.
 
-        Returns a dict of scalar tensors:
+        Two scalar tensors, in a dict:
 
-        - `"gate_mean"`: the mean gate `q` (`1` is Adam; the step is `q`
+        - `"gate_mean"`: the mean gate `q` (`1` is Adam: the step is `q`
           times Adam's);
         - `"gate_open_fraction"`: the fraction of coordinates whose signal
           beats the threshold, `m_hat**2 > alpha * s_hat` (summed per tensor
@@ -390,8 +492,18 @@ class SNRAdam(keras.optimizers.Optimizer):
           gate opens and the `"snr"` gate with `softness=1` exceeds 1/2
           (except on the first step, where every gate is open).
 
-        It is a few elementwise passes over the slots. `keras_snr.GateLogger`
-        logs it during `fit()`, compiled, once per epoch.
+        It is a few elementwise passes over the slots.
+        `keras_snr.GateLogger` logs both during `fit()`, once per epoch.
+
+        Returns:
+            A dict with the keys `"gate_mean"` and `"gate_open_fraction"`.
+
+        Example:
+
+        ```python
+        summary = optimizer.gate_summary()
+        print(float(summary["gate_mean"]), float(summary["gate_open_fraction"]))
+        ```
         """
         q_sum, open_sum, count = self._gate_sums()
         return {"gate_mean": q_sum / count, "gate_open_fraction": open_sum / count}
@@ -473,25 +585,40 @@ class SNRAdam(keras.optimizers.Optimizer):
 
 
 def finite_dataset_alpha(batch_size, dataset_size, gradient_accumulation_steps=None):
-    """Noise coefficient `alpha = b / (n - b)` for a finite training set.
+    """Returns the noise coefficient `alpha` for a finite training set.
 
-    `b` is the number of examples behind one optimizer update, `n` the
-    number of training examples; pass the result as `SNRAdam(alpha=...)`.
+    Pass the result as `SNRAdam(alpha=...)`. With `b` the number of examples
+    behind one optimizer update and `n` the number of training examples:
+
+    ```
+    alpha = b / (n - b)
+    ```
+
     The noise that limits generalisation is the error of the full-dataset
-    gradient, of variance `sigma**2 / n`; a batch mean drawn from the dataset
-    has variance about `sigma**2 / b * (n - b) / (n - 1)`. Their ratio is
-    `b / (n - b)` up to a factor `(n - 1) / n`. Use `alpha=1` when every
-    batch is a fresh draw.
+    gradient, of variance `sigma**2 / n`; a batch mean drawn from the
+    dataset has variance about `sigma**2 / b * (n - b) / (n - 1)`. Their
+    ratio is `b / (n - b)` up to a factor `(n - 1) / n`. Use `alpha=1` when
+    every batch is a fresh draw (streaming data).
 
     Args:
-        batch_size: Global batch size `b` (summed over replicas under data
-            parallelism).
-        dataset_size: Number of training examples `n`.
-        gradient_accumulation_steps: With gradient accumulation over `k`
-            steps one update sees `b * k` examples; pass `k`.
+        batch_size: Int. The global batch size `b` (summed over replicas
+            under data parallelism).
+        dataset_size: Int. The number of training examples `n`; larger than
+            the effective batch size.
+        gradient_accumulation_steps: Int or `None`. With gradient
+            accumulation over `k` steps one update sees `b * k` examples;
+            pass `k`.
 
     Returns:
         A Python float.
+
+    Example:
+
+    ```python
+    alpha = keras_snr.finite_dataset_alpha(batch_size=128, dataset_size=60_000)
+    print(round(alpha, 5))  # 0.00214, 128 / 59872
+    optimizer = keras_snr.SNRAdam(alpha=alpha)
+    ```
     """
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("dataset_size", dataset_size)
@@ -646,10 +773,28 @@ def _check_saved_layout(optimizer, store):
         )
 
 
-_BASE_ARGS_FALLBACK = """clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-            ema_overwrite_frequency, loss_scale_factor,
-            gradient_accumulation_steps, name: as for every Keras optimizer
-            (see `keras.optimizers.Optimizer`)."""
+# The arguments every Keras optimizer takes, as `SNRAdam`'s docstring states
+# them (verbatim: the docstring holds this text); replaced at import by Keras's
+# own, fuller text where Keras has it.
+_BASE_ARGS_FALLBACK = """clipnorm: Float or `None`. If set, the gradient of each variable is
+            clipped so that its norm is no higher than this value.
+        clipvalue: Float or `None`. If set, each gradient is clipped to
+            `[-clipvalue, clipvalue]`.
+        global_clipnorm: Float or `None`. If set, all gradients are clipped
+            together so that their global norm is no higher than this value.
+        use_ema: Boolean. Whether to keep an exponential moving average of
+            the weights. Defaults to `False`.
+        ema_momentum: Float. Momentum of that moving average, used if
+            `use_ema=True`. Defaults to `0.99`.
+        ema_overwrite_frequency: Int or `None`. Every this many iterations
+            the weights are overwritten with their moving average (`None`:
+            at the end of `fit()`), used if `use_ema=True`.
+        loss_scale_factor: Float or `None`. If set, the loss is multiplied
+            by it and the gradients by its inverse (mixed precision).
+        gradient_accumulation_steps: Int or `None`. If set, the variables
+            are updated every this many steps, with the mean of the
+            gradients since the last update.
+        name: String. The name of the optimizer."""
 
 
 def _base_optimizer_args_doc():
@@ -663,6 +808,4 @@ def _base_optimizer_args_doc():
 
 
 if SNRAdam.__doc__ is not None:
-    SNRAdam.__doc__ = SNRAdam.__doc__.replace(
-        "{{base_optimizer_keyword_args}}", _base_optimizer_args_doc()
-    )
+    SNRAdam.__doc__ = SNRAdam.__doc__.replace(_BASE_ARGS_FALLBACK, _base_optimizer_args_doc())

@@ -13,11 +13,16 @@ from keras_snr.snr_adam import SNRAdam
 
 
 def snr_optimizers(optimizer):
-    """The `SNRAdam` instances inside `optimizer`, in order.
+    """Returns the `SNRAdam` instances inside `optimizer`, in order.
 
     Looks through `keras.optimizers.LossScaleOptimizer` (`inner_optimizer`)
-    and `keras.optimizers.MultiOptimizer` (`optimizers`). Returns an empty
-    list when there is none.
+    and `keras.optimizers.MultiOptimizer` (`optimizers`).
+
+    Args:
+        optimizer: A Keras optimizer.
+
+    Returns:
+        A list of `SNRAdam`, empty when there is none.
     """
     if isinstance(optimizer, SNRAdam):
         return [optimizer]
@@ -31,18 +36,25 @@ def snr_optimizers(optimizer):
 
 
 def compile_reader(fn, optimizers):
-    """`fn(*args)` (reading the state of `optimizers`) as one compiled call.
+    """Returns `fn`, which reads the state of `optimizers`, as one compiled call.
 
     - JAX: `jax.jit`, with the optimizers' variables passed in as arguments
       through a `keras.StatelessScope` (a jitted function must not capture
       variables, whose values it would freeze).
     - TensorFlow: `tf.function` (variables are read by reference).
-    - PyTorch: run eagerly under `torch.no_grad()`: `fit()` runs eagerly
-      there too; the cost is per-variable dispatch (measured in
-      `benchmarks/callback_overhead.py`).
+    - PyTorch: run eagerly under `torch.no_grad()`, as `fit()` runs there;
+      the cost is one dispatch per operation and variable
+      (`benchmarks/callback_overhead.py` measures it).
 
-    `args` are tensors or (nested) lists of tensors of fixed shapes. Returns
-    a function of `*args` returning `fn(*args)`'s structure of tensors.
+    Args:
+        fn: A function of tensors, or (nested) lists of tensors of fixed
+            shapes, that reads the optimizers' state and returns a structure
+            of tensors.
+        optimizers: The `SNRAdam` instances whose variables `fn` reads.
+
+    Returns:
+        A function of the same arguments returning `fn(*args)`'s structure
+        of tensors.
     """
     backend = keras.backend.backend()
     if backend == "jax":

@@ -1,5 +1,5 @@
 """DPO losses in `keras.ops` and a tiny synthetic-language setup, used by
-`benchmarks/dpo.py` and tested in `tests/test_dpo_losses.py`
+`benchmarks/dpo.py` and tested in `tests/benchmarks/test_dpo_losses.py`
 (`guides/dpo_with_noisy_preferences.py` has its own copy of what it uses).
 
 Everything here is backend-agnostic Keras 3 except the samplers, which take

@@ -1,5 +1,5 @@
 """The grokking benchmark's data, models and Grokfast baseline
-(`benchmarks/grokking.py`, tested in `tests/test_grokking.py`).
+(`benchmarks/grokking.py`, tested in `tests/benchmarks/test_grokking.py`).
 
 - `modular_data`: the tables a+b, a*b^-1 (mod p), split into train/held-out.
 - `transformer` / `mlp`: the two small Keras models used.

@@ -14,7 +14,7 @@ branch per backend:
 - PyTorch: `torch.autograd.grad(..., create_graph=True)`.
 
 Used by `benchmarks/pinn_convection.py` and tested in
-`tests/test_pinn_derivatives.py`; `guides/pinn_convection.py` has its own
+`tests/benchmarks/test_pinn_derivatives.py`; `guides/pinn_convection.py` has its own
 copy.
 """
 
