@@ -2,8 +2,9 @@
 Title: A physics-informed network for the convection equation, with a noisy initial condition
 Author: keras_snr contributors
 Date created: 2026/11/28
-Last modified: 2026/11/30
-Description: Train a PINN for u_t + 5 u_x = 0 from noisy initial data with AdamW and SNRAdam on any backend, using input derivatives inside the loss.
+Last modified: 2026/12/07
+Description: Train a PINN for u_t + 5 u_x = 0 from noisy initial data with AdamW and SNRAdam on any backend, with input derivatives inside the loss.
+Accelerator: None
 """
 
 """
@@ -16,34 +17,23 @@ one-dimensional convection,
 
     u_t + beta * u_x = 0,   beta = 5,   x in [0, 2 pi) periodic,   t in [0, 1],
 
-whose exact solution, given `u(x, 0) = sin x`, is `u(x, t) = sin(x - beta t)`.
-We only see the initial condition through noisy samples
-`sin(x_i) + N(0, 0.1^2)`, and measure the relative L2 error of the network
-against the exact solution on a fixed grid.
+whose exact solution for `u(x, 0) = sin x` is `u(x, t) = sin(x - beta t)`.
+The network sees the initial condition only through noisy samples
+`sin(x_i) + N(0, 0.1^2)`; we score it by its relative L2 error against the
+exact solution on a grid.
 
-Two things make this a useful example:
-
-1. The loss needs `du/dx` and `du/dt`, and the optimizer then differentiates
-   that loss with respect to the weights. `keras.ops` has no gradient
-   operation, so a small helper, `value_and_input_gradient` below, holds one
-   branch per backend (TensorFlow `GradientTape`, `jax.vjp`,
-   `torch.autograd.grad(create_graph=True)`). Everything else is backend
-   independent, so this guide runs unchanged on TensorFlow, JAX and PyTorch.
-2. The gradient is noisy: collocation points are drawn afresh every step and
-   the initial-condition data come in minibatches. That is the setting
-   `keras_snr.SNRAdam` is built for: it moves each weight only as far as its
-   gradient's signal beats that noise.
-
-The measured comparison over seeds and a learning-rate grid lives in
-`benchmarks/pinn_convection.py` in the keras_snr repository (results in
-`benchmarks/results/pinn_convection.md`); this guide shows the mechanics.
+The guide shows two things: how to put input derivatives inside a loss that
+`fit()` trains on TensorFlow, JAX and PyTorch alike (`keras.ops` has no
+gradient operation, so one small helper holds one branch per backend), and
+how to choose `alpha` for `keras_snr.SNRAdam` when the gradient mixes a
+finite dataset with fresh random points.
 """
 
 """
 ## Setup
 
-The guide runs as a script; `--help` lists its options. The figure goes to
-`--out-dir` (by default a new temporary folder, printed at the end).
+The guide runs as a script (`--quick` for a short smoke test). The figure
+goes to `--out-dir`, by default a new temporary folder.
 """
 
 import argparse
@@ -54,21 +44,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 parser = argparse.ArgumentParser(
     description="A physics-informed network for u_t + 5 u_x = 0 from noisy initial "
-    "data, trained with AdamW and SNRAdam. Full run: 3,000 steps per optimizer "
-    "with 1,000 collocation points per step, about 30-45 s on a 2-core CPU "
-    "(measured twice with the JAX backend on a 2-core machine shared with other "
-    "jobs, 2026/11/30; TensorFlow and PyTorch were not timed).",
-)
-parser.add_argument(
-    "--quick",
-    action="store_true",
-    help="smoke test: 24 steps per optimizer, 256 collocation points, a 64 x 26 "
-    "evaluation grid (about 15-20 s with JAX); the numbers mean nothing",
-)
-parser.add_argument(
-    "--out-dir",
-    help="folder for pinn_convection.png (default: a new temporary folder)",
-)
+    "data, trained with AdamW and SNRAdam. Full run: 3,000 steps per optimizer with "
+    "1,000 collocation points per step, about 30-45 s on a 2-core CPU (measured with "
+    "JAX on a 2-core machine shared with other jobs, 2026/11/30).")
+parser.add_argument("--quick", action="store_true",
+                    help="smoke test: 24 steps per optimizer, 256 collocation points, a "
+                    "64 x 26 evaluation grid (about 15-20 s with JAX); the numbers mean nothing")
+parser.add_argument("--out-dir", help="folder for the figure (default: a new temporary folder)")
 args, _ = parser.parse_known_args()
 out_dir = args.out_dir or tempfile.mkdtemp(prefix="pinn_convection-")
 os.makedirs(out_dir, exist_ok=True)
@@ -83,14 +65,11 @@ import keras_snr  # noqa: E402
 ## The data: a noisy initial condition
 
 256 points on `[0, 2 pi)` at `t = 0`, with Gaussian noise of standard
-deviation 0.1. These are the only "labels" the network ever sees; the rest
-of the information comes from the equation.
+deviation 0.1: the only "labels" the network sees. The rest comes from the
+equation. A fixed grid serves to compare with the exact solution.
 """
 
-BETA = 5.0
-SIGMA = 0.1
-N_IC = 256
-IC_BATCH = 64
+BETA, SIGMA, N_IC, IC_BATCH = 5.0, 0.1, 256, 64
 N_COLLOCATION = 256 if args.quick else 1000
 STEPS = 24 if args.quick else 3000
 
@@ -99,58 +78,19 @@ x_ic = np.linspace(0, 2 * np.pi, N_IC, endpoint=False).astype("float32")
 u_ic = (np.sin(x_ic) + SIGMA * rng.standard_normal(N_IC)).astype("float32")
 xt_ic = np.stack([x_ic, np.zeros_like(x_ic)], axis=1)
 
-# A fixed grid on which we compare with the exact solution.
 nx, nt = (64, 26) if args.quick else (256, 101)
 x_grid, t_grid = np.meshgrid(np.linspace(0, 2 * np.pi, nx, endpoint=False), np.linspace(0, 1, nt))
 xt_eval = np.stack([x_grid.ravel(), t_grid.ravel()], axis=1).astype("float32")
 u_exact = np.sin(x_grid - BETA * t_grid).ravel()
 
-
-def relative_l2(model):
-    u = ops.convert_to_numpy(model(xt_eval))[:, 0]
-    return float(np.linalg.norm(u - u_exact) / np.linalg.norm(u_exact))
-
-
 """
-## The model
-
-A tanh MLP (4 layers of 50 units). Periodicity in `x` is built in: the
-first layer maps `(x, t)` to `(sin x, cos x, t)`, so every function the
-network can represent is exactly `2 pi`-periodic and no boundary loss is
-needed. (A vanilla PINN on raw `(x, t)` with a periodic boundary loss also
-works at `beta = 5`; the benchmark runs both.)
-"""
-
-
-class PeriodicEmbedding(keras.layers.Layer):
-    def call(self, xt):
-        x, t = xt[:, :1], xt[:, 1:]
-        return ops.concatenate([ops.sin(x), ops.cos(x), t], axis=1)
-
-
-"""
-## The physics-informed loss, inside `fit()`
-
-Keras's `train_step` computes `y_pred = model(x)` on a batch of
-initial-condition points and differentiates `model.compute_loss(...)` with
-respect to the weights, on every backend. We override `compute_loss`, the
-backend-independent part of `train_step`:
-
-- the initial-condition misfit `mean((y_pred - y)^2)` on the minibatch;
-- the residual `u_t + beta u_x` at `N_COLLOCATION` points drawn uniformly
-  from the domain *at every step* with `keras.random` (the model's
-  `SeedGenerator` state advances inside the compiled step on every backend).
+## Input derivatives on every backend
 
 `value_and_input_gradient(fn, xt)` returns `fn(xt)` and its derivative with
-respect to `xt`, differentiable with respect to the weights `fn` closes
-over, so the outer `train_step` gradient flows through it. It is the only
-backend-specific code in this guide:
-
-- TensorFlow: a `tf.GradientTape` watching the inputs (nested inside the
-  tape of `train_step`, which differentiates through it);
-- JAX: `jax.vjp` (the reverse pass `jax.grad` is built on), a pure function
-  that any enclosing `jax.grad`/`jax.jit` composes with;
-- PyTorch: `torch.autograd.grad(..., create_graph=True)`.
+respect to `xt`, itself differentiable with respect to the weights `fn`
+closes over, so that `train_step` can differentiate a loss built from it.
+It is the only backend-specific code in the guide: a `tf.GradientTape`
+watching the inputs, `jax.vjp`, or `torch.autograd.grad(create_graph=True)`.
 """
 
 
@@ -198,15 +138,34 @@ def value_and_input_gradient(fn, inputs):
     raise NotImplementedError(f"no input-derivative branch for backend {backend!r}")
 
 
+"""
+## The model and its physics-informed loss
+
+A tanh MLP (4 layers of 50 units) whose first layer maps `(x, t)` to
+`(sin x, cos x, t)`: every function it represents is `2 pi`-periodic, so no
+boundary loss is needed. Keras's `train_step` calls `y_pred = model(x)` on a
+batch of initial-condition points and differentiates `compute_loss`, the
+backend-independent part, which we override: the initial-condition misfit
+on the minibatch plus the residual `u_t + beta u_x` at collocation points
+drawn afresh every step with `keras.random`.
+"""
+
+
+class PeriodicEmbedding(keras.layers.Layer):
+    def call(self, xt):
+        x, t = xt[:, :1], xt[:, 1:]
+        return ops.concatenate([ops.sin(x), ops.cos(x), t], axis=1)
+
+
 class ConvectionPINN(keras.Model):
     def __init__(self, width=50, depth=4, seed=0, **kwargs):
         super().__init__(**kwargs)
-        # Seeded initializers (cheaper than `keras.utils.set_random_seed`,
-        # which also imports TensorFlow when it is installed).
+        # Seeded initializers: the same initial weights for every optimizer.
         init = [keras.initializers.GlorotUniform(seed=seed * 100 + i) for i in range(depth + 1)]
         self.net = keras.Sequential(
             [PeriodicEmbedding()]
-            + [keras.layers.Dense(width, activation="tanh", kernel_initializer=init[i]) for i in range(depth)]
+            + [keras.layers.Dense(width, activation="tanh", kernel_initializer=init[i])
+               for i in range(depth)]
             + [keras.layers.Dense(1, kernel_initializer=init[depth])]
         )
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -235,64 +194,57 @@ class ConvectionPINN(keras.Model):
 """
 ## Training with AdamW and with SNRAdam
 
-A callback records the error against the exact solution. Each step sees a
-minibatch of 64 of the 256 noisy points and fresh collocation points. Which
-`alpha` is "right" for SNRAdam? The residual term is a fresh draw every step
-(streaming: `alpha = 1`); the data term is a finite set of 256 points seen in
-batches of 64 (`finite_dataset_alpha(64, 256) = 1/3`). One gate sees the sum
-of both, so neither value is exact; the benchmark measures both and `1/3`
-did better, so we show it here. The same small weight decay (1e-4) is used
-for both optimizers, and each uses the learning rate that was best for it
-in the benchmark's grid (1e-2 for both).
+Which `alpha` for SNRAdam? On a finite training set the recommendation is
+`keras_snr.finite_dataset_alpha(batch_size, n)`, with which SNRAdam trains
+like AdamW; the default `alpha=1` is for streaming data, where every batch
+is a fresh draw, and on a finite set it acts like a much smaller learning
+rate. Here the residual term is a fresh draw every step while the data term
+is 256 points seen in batches of 64. One gate sees the sum of both; the
+finite-dataset value did better in the benchmark, so we use it. Both
+optimizers get the same small weight decay and the learning rate that was
+best for each. A callback records the error against the exact solution.
 """
 
 
 class RelativeL2(keras.callbacks.Callback):
     def __init__(self, every_epochs):
         super().__init__()
-        self.every = every_epochs
-        self.history = []
+        self.every, self.history = every_epochs, []
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
-            steps = (epoch + 1) * (N_IC // IC_BATCH)
-            self.history.append((steps, relative_l2(self.model)))
-
-
-def train(optimizer, seed=0):
-    model = ConvectionPINN(seed=seed)
-    model.compile(optimizer=optimizer)
-    steps_per_epoch = N_IC // IC_BATCH
-    epochs = STEPS // steps_per_epoch
-    tracker = RelativeL2(every_epochs=max(2, epochs // 30))
-    model.fit(xt_ic, u_ic, batch_size=IC_BATCH, epochs=epochs, verbose=0, callbacks=[tracker])
-    return model, tracker.history
+            u = ops.convert_to_numpy(self.model(xt_eval))[:, 0]
+            error = float(np.linalg.norm(u - u_exact) / np.linalg.norm(u_exact))
+            self.history.append(((epoch + 1) * (N_IC // IC_BATCH), error))
 
 
 optimizers = {
     "AdamW": keras.optimizers.AdamW(learning_rate=1e-2, weight_decay=1e-4),
     "SNRAdam": keras_snr.SNRAdam(
-        learning_rate=1e-2,
-        weight_decay=1e-4,
-        alpha=keras_snr.finite_dataset_alpha(batch_size=IC_BATCH, dataset_size=N_IC),
-    ),
+        learning_rate=1e-2, weight_decay=1e-4,
+        alpha=keras_snr.finite_dataset_alpha(batch_size=IC_BATCH, dataset_size=N_IC)),
 }
 results = {}
 for name, optimizer in optimizers.items():
-    model, curve = train(optimizer)
-    hit = next((s for s, e in curve if e <= 0.40), None)
-    results[name] = (model, curve)
-    line = f"{name:20s} steps to rel. L2 <= 0.40: {hit}; final rel. L2 {curve[-1][1]:.3f}"
+    model = ConvectionPINN(seed=0)
+    model.compile(optimizer=optimizer)
+    epochs = STEPS // (N_IC // IC_BATCH)
+    tracker = RelativeL2(every_epochs=max(2, epochs // 30))
+    model.fit(xt_ic, u_ic, batch_size=IC_BATCH, epochs=epochs, verbose=0, callbacks=[tracker])
+    results[name] = (model, tracker.history)
+    hit = next((s for s, e in tracker.history if e <= 0.40), None)
+    line = (f"{name:8s} steps to rel. L2 <= 0.40: {hit}; "
+            f"final rel. L2 {tracker.history[-1][1]:.3f}")
     if isinstance(optimizer, keras_snr.SNRAdam):
         gate_mean = optimizer.gate_summary()["gate_mean"]
         line += f"; mean gate q at the end {float(ops.convert_to_numpy(gate_mean)):.3f}"
     print(line)
 
 """
-## The solution and the error curves
+## The error curves and the solution
 
-Left: the error against the exact solution during training. Right: the
-learned `u(x, t)` of the SNRAdam run next to the exact one.
+Left: the error against the exact solution during training. Middle and
+right: the learned `u(x, t)` of the SNRAdam run and the exact one.
 """
 
 import matplotlib  # noqa: E402
@@ -302,21 +254,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
 for name, (model, curve) in results.items():
-    steps, errors = zip(*curve)
-    axes[0].semilogy(steps, errors, label=name)
+    axes[0].semilogy(*zip(*curve), label=name)
 axes[0].axhline(0.40, color="gray", ls=":", label="0.40")
-axes[0].set_xlabel("step")
-axes[0].set_ylabel("relative L2 error")
+axes[0].set(xlabel="step", ylabel="relative L2 error")
 axes[0].legend()
 u_snr = ops.convert_to_numpy(results["SNRAdam"][0](xt_eval))
-for ax, u, title in (
-    (axes[1], u_snr.reshape(x_grid.shape), "SNRAdam"),
-    (axes[2], u_exact.reshape(x_grid.shape), "exact sin(x - 5t)"),
-):
-    im = ax.imshow(u.T, origin="lower", aspect="auto", extent=[0, 1, 0, 2 * np.pi], cmap="RdBu", vmin=-1.2, vmax=1.2)
-    ax.set_xlabel("t")
-    ax.set_ylabel("x")
-    ax.set_title(title)
+for ax, u, title in ((axes[1], u_snr, "SNRAdam"), (axes[2], u_exact, "exact sin(x - 5t)")):
+    im = ax.imshow(u.reshape(x_grid.shape).T, origin="lower", aspect="auto",
+                   extent=[0, 1, 0, 2 * np.pi], cmap="RdBu", vmin=-1.2, vmax=1.2)
+    ax.set(xlabel="t", ylabel="x", title=title)
 fig.colorbar(im, ax=axes[2])
 fig.tight_layout()
 figure_path = os.path.join(out_dir, "pinn_convection.png")
@@ -324,32 +270,16 @@ fig.savefig(figure_path, dpi=100)
 print(f"wrote {figure_path}")
 
 """
-## What the benchmark found
+## Conclusion
 
-`benchmarks/pinn_convection.py` (JAX, seeds 0-2, 3000 steps, learning-rate
-grid 3e-4 to 3e-2 for both optimizers; table in
-`benchmarks/results/pinn_convection.md`) measured the iterations to relative
-L2 <= 0.40 at each optimizer's best learning rate (1e-2 for both):
-
-| configuration | AdamW | SNRAdam, alpha = 1/3 | SNRAdam, alpha = 1 |
-| --- | --- | --- | --- |
-| raw `(x, t)` + boundary loss, fresh collocation | 300 | 500 | 600 |
-| same, one fixed collocation set | 300 | 450 | - |
-| periodic embedding (this guide) | 400 | 750 | - |
-| raw `(x, t)`, initial-condition noise 0.5 | 300 | 550 | - |
-
-So on this problem SNRAdam is **slower** than a tuned AdamW (1.5-2x more
-iterations), not the 2.4x faster the paper reports. The gate stays mostly
-closed (mean `q` of 0.02-0.08): the gradient of a PINN changes a lot from
-step to step, and the gate reads that as noise. At learning rates of 1e-2
-and above, about half of the SNRAdam runs jumped back above 0.40 error for
-a while after reaching it; AdamW did not. With an initial-condition noise of
-0.1, every run ends far below the 0.40 threshold (relative error 0.02-0.1),
-so there is little memorisation for the gate to prevent. At noise 0.5
-there is: AdamW's error rose from its best (~0.07) to a median 0.12-0.17 at
-the end, SNRAdam's to 0.09.
-When to use SNRAdam here: if your PINN memorises noisy data (its error
-against trusted held-out data rises late in training), try it with the
-finite-dataset `alpha`; if it simply trains slowly, AdamW with a tuned
-learning rate is the better choice.
+- Override `compute_loss` to add a physics residual, and get input
+  derivatives from `value_and_input_gradient`: the same model then trains
+  with `fit()` on every backend.
+- When the gradient mixes a finite dataset with fresh draws, try the
+  finite-dataset `alpha` first.
+- Against AdamW at its own best learning rate, SNRAdam needed more steps on
+  this problem, and its gate stayed mostly closed; it memorised less only
+  at a much larger initial-condition noise. See
+  [the PINN claim](../docs/claims.md#pinn-convection-with-a-noisy-initial-condition)
+  and [the benchmark's tables](../benchmarks/results/pinn_convection.md).
 """

@@ -5,8 +5,9 @@ without touching this file (and every file there must be a guide: guides
 share no helper modules). A keras.io guide runs as one file on Colab or
 keras.io, so besides running each one this file checks that it
 
-- follows the keras.io format (header docstring, backend chosen before
-  Keras is imported, a `--quick` flag);
+- follows the keras.io format (header docstring with the keras.io fields,
+  `Accelerator` included; backend chosen before Keras is imported; a
+  `--quick` flag);
 - imports only `keras_snr`, the standard library and public packages:
   nothing else from this repository, no `sys.path` manipulation, no
   `__file__`;
@@ -34,7 +35,9 @@ ROOT = os.path.dirname(TESTS_DIR)
 GUIDES_DIR = os.path.join(ROOT, "guides")
 GUIDES = sorted(glob.glob(os.path.join(GUIDES_DIR, "*.py")))
 IDS = [os.path.basename(path) for path in GUIDES]
-HEADER_FIELDS = ("Title", "Author", "Date created", "Last modified", "Description")
+HEADER_FIELDS = (
+    "Title", "Author", "Date created", "Last modified", "Description", "Accelerator",
+)
 # What a guide may import besides the standard library.
 PUBLIC_PACKAGES = {
     "keras_snr", "keras", "numpy", "scipy", "matplotlib", "skimage", "sklearn",
@@ -97,6 +100,7 @@ def test_guide_follows_keras_io_format(path):
     for name in ("Date created", "Last modified"):
         assert re.fullmatch(r"\d{4}/\d{2}/\d{2}", fields[name]), (name, fields[name])
     assert fields["Description"].endswith("."), "Description must end with a full stop"
+    assert fields["Accelerator"] in ("None", "GPU", "TPU"), fields["Accelerator"]
     # The backend is chosen (overridably) before Keras is imported.
     setdefault = source.find('os.environ.setdefault("KERAS_BACKEND"')
     import_keras = re.search(r"^import keras\b", source, re.M)
