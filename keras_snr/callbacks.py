@@ -126,6 +126,16 @@ def _infer_task(loss):
     return None
 
 
+def _binary_threshold(loss):
+    """For a binary cross-entropy loss (one sigmoid output per label), the
+    output above which a label is predicted 1: 0 for logits, 0.5 for
+    probabilities; None for any other loss."""
+    name = loss if isinstance(loss, str) else getattr(getattr(loss, "fn", loss), "__name__", "")
+    if "binary" not in name.lower():
+        return None
+    return 0.0 if getattr(loss, "_fn_kwargs", {}).get("from_logits", False) else 0.5
+
+
 def _take(x, keep):
     """Rows `keep` of an array or of every array in a structure."""
     import numpy as np
@@ -156,13 +166,16 @@ def _sample_rows(x_train, y_train, sample_size, seed):
     return length, _take(x_train, keep), None if y_train is None else np.asarray(y_train)[keep]
 
 
-def _labels(y, pred):
+def _labels(y, pred, binary=False):
     """Integer class labels from the targets `y` of a classifier predicting
-    `pred`: `y` itself (one label per predicted class axis) or the argmax
-    of one-hot targets shaped like the predictions."""
-    if y.shape == pred.shape:
+    `pred`: `y` itself (one label per predicted class axis, or per output
+    when `binary`) or the argmax of one-hot targets shaped like the
+    predictions."""
+    if binary and y.size == pred.size:
+        return y.reshape(pred.shape)
+    if not binary and y.shape == pred.shape:
         return y.argmax(-1)
-    if y.size == pred[..., 0].size and y.shape[:pred.ndim - 1] == pred.shape[:-1]:
+    if not binary and y.size == pred[..., 0].size and y.shape[:pred.ndim - 1] == pred.shape[:-1]:
         return y.reshape(pred.shape[:-1])
     raise ValueError(
         f"PopulationRiskEstimate: `y_train` holds targets of shape {y.shape[1:]} per "
@@ -200,7 +213,9 @@ _TINY = 1e-30
 
 def _sample_pass(model, x, y, task, batch_size, loss_fn):
     """`(classes, end_loss, accuracy)` of `model` on the sample `x` with
-    targets `y` (None where not available): one forward pass."""
+    targets `y` (None where not available): one forward pass. The predicted
+    classes are the argmax of the last axis, or, under a binary
+    cross-entropy, each output thresholded (one label per output)."""
     import numpy as np
 
     length, chunks = len(keras.tree.flatten(x)[0]), []
@@ -214,19 +229,20 @@ def _sample_pass(model, x, y, task, batch_size, loss_fn):
         chunks.append(D.local_rows(model, np.asarray(ops.convert_to_numpy(pred)), rows))
     pred = np.concatenate(chunks)
     classifier = task == "classification"
-    if classifier and (pred.ndim < 2 or pred.shape[-1] < 2):
+    threshold = _binary_threshold(getattr(model, "loss", None)) if classifier else None
+    if classifier and threshold is None and (pred.ndim < 2 or pred.shape[-1] < 2):
         raise ValueError(
             "PopulationRiskEstimate: the model is a classifier but predicts "
             f"{pred.shape[1:]} per example, with no class axis of two or more entries to "
-            "follow; for a binary classifier output two logits, or pass "
+            "follow; compile a binary classifier with a binary cross-entropy, or pass "
             "`task='regression'`.")
-    labels = None if y is None or not classifier else _labels(y, pred)
+    labels = None if y is None or not classifier else _labels(y, pred, threshold is not None)
     end_loss = None if y is None else float(ops.convert_to_numpy(ops.mean(loss_fn(y, pred))))
     if not classifier:
         return None, end_loss, None
     if not np.all(np.isfinite(pred)):
         return None, math.nan, None
-    classes = pred.argmax(-1)
+    classes = pred.argmax(-1) if threshold is None else (pred > threshold).astype("int32")
     accuracy = None if labels is None else float(np.mean(classes == labels))
     return classes, end_loss, accuracy
 
@@ -324,7 +340,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         y_train: Their targets, as given to `fit()`: with them the
             end-of-epoch training loss replaces the epoch average Keras logs
             (which lags the weights), and a classifier's accuracy is
-            estimated.
+            estimated. A classifier's predicted class is the argmax of its
+            outputs or, under a binary cross-entropy, each output
+            thresholded (at 0 for logits, 0.5 for probabilities).
         task: `"classification"`, `"regression"` or None to infer it from
             the compiled loss (an error says when it cannot).
         sample_size: At most this many examples of `x_train` are used.

@@ -723,12 +723,36 @@ def test_bad_setups_at_fit_time():
         _classifier().fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[
             keras_snr.PopulationRiskEstimate(len(x), BATCH, x_train=x,
                                              y_train=np.zeros((len(x), 2), "int32"))])
-    # a classifier without a class axis
-    model = _model()
-    model.compile(keras_snr.SNRAdam(), loss="binary_crossentropy")
+    # a classifier without a class axis (and not a binary cross-entropy)
     with pytest.raises(ValueError, match="no class axis"):
-        _fit(model, [keras_snr.PopulationRiskEstimate(N, BATCH, x_train=_data()[0])], epochs=1,
-             data=(_data()[0], (_data()[1] > 0).astype("float32")))
+        _fit(_model(), [keras_snr.PopulationRiskEstimate(N, BATCH, x_train=_data()[0],
+                                                         task="classification")], epochs=1)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_binary_classifier_thresholds_its_one_output(from_logits):
+    """One sigmoid output under a binary cross-entropy: a label is predicted
+    1 above 0 (logits) or 0.5 (probabilities); accuracy and changes per
+    output, against their definitions."""
+    x, y = _data()
+    y = (y > 0).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1, activation=None if from_logits else "sigmoid")])
+    model.compile(keras_snr.SNRAdam(learning_rate=0.02),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=from_logits))
+    recorder = Recorder(model.optimizer, x=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        history = _fit(model, [keras_snr.PopulationRiskEstimate(N, BATCH, x_train=x, y_train=y,
+                                                                diagnostics=True), recorder],
+                       epochs=3, data=(x, y)).history
+    classes = [(e["pred"] > (0.0 if from_logits else 0.5)).astype(int) for e in recorder.epochs]
+    np.testing.assert_allclose(history["pop_accuracy_high"],
+                               [float(np.mean(c[:, 0] == y[:, 0])) for c in classes], rtol=1e-6)
+    np.testing.assert_allclose(history["prediction_changes"][1:],
+                               [float(np.mean(a != b)) for a, b in zip(classes[1:], classes[:-1])],
+                               rtol=1e-6)
 
 
 def test_negative_or_nan_first_loss_is_unreliable():
