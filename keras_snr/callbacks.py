@@ -494,6 +494,8 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         logs.update(pop_risk=estimate, pop_risk_low=low, pop_risk_high=high,
                     pop_risk_reliable=float(reliable))
         if accuracy is not None:
+            if st["first_accuracy"] is None:  # the first epoch's predictions were not finite
+                st["first_accuracy"] = accuracy
             pop_acc = PR.accuracy_estimate(accuracy, st["first_accuracy"])
             logs.update(zip(("pop_accuracy", "pop_accuracy_low", "pop_accuracy_high"), pop_acc))
         classifier = self._task == "classification" and self.x_train is not None
@@ -509,7 +511,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                         memorization_ready=float(st["wave"]["ready"]),
                         signal_fraction=signal / max(count, 1.0), gradient_snr=m2 / (noise + _TINY))
             if classifier:
-                last = changes[-1] if changes else None
+                last = changes[-1] if changes and classes is not None else None
                 logs["prediction_changes"] = math.nan if last is None else last
                 logs["prediction_changes_smoothed"] = PR.smoothed(
                     changes, len(changes) - 1, self.label_wave_window)
@@ -646,10 +648,9 @@ class ValidationFreeStopping(keras.callbacks.Callback):
             if found is not None:
                 saved, arrays = found
                 self._state = saved["stopping"]
-                if "classes" in arrays or saved["snapshot"] is not None:
-                    classes = arrays.get("classes")
+                if saved["snapshot"] is not None:  # a best epoch, its weights and estimate
                     weights = [arrays[f"w{i}"] for i in range(saved["weights"])]
-                    self._best = (weights, (saved["snapshot"], classes))
+                    self._best = (weights, (saved["snapshot"], arrays.get("classes")))
 
     def on_epoch_end(self, epoch, logs=None):
         signals = self.estimate.signals
@@ -682,8 +683,7 @@ class ValidationFreeStopping(keras.callbacks.Callback):
             self.estimate._rollback(snapshot)
             self.restored = True
             if self.verbose:
-                print(f"ValidationFreeStopping: restored the weights of epoch "
-                                   f"{epoch + 1}.")
+                print(f"ValidationFreeStopping: restored the weights of epoch {epoch + 1}.")
         elif not signals["finite"]:
             warnings.warn("ValidationFreeStopping: training stopped on a non-finite loss before "
                           "any epoch was counted; the model's weights may be non-finite.",
