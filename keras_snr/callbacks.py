@@ -237,7 +237,7 @@ def _sample_pass(model, x, y, task, batch_size, loss_fn):
             "follow; compile a binary classifier with a binary cross-entropy, or pass "
             "`task='regression'`.")
     labels = None if y is None or not classifier else _labels(y, pred, threshold is not None)
-    end_loss = None if y is None else float(ops.convert_to_numpy(ops.mean(loss_fn(y, pred))))
+    end_loss = None if y is None else float(ops.convert_to_numpy(loss_fn(y, pred)))
     if not classifier:
         return None, end_loss, None
     if not np.all(np.isfinite(pred)):
@@ -245,6 +245,32 @@ def _sample_pass(model, x, y, task, batch_size, loss_fn):
     classes = pred.argmax(-1) if threshold is None else (pred > threshold).astype("int32")
     accuracy = None if labels is None else float(np.mean(classes == labels))
     return classes, end_loss, accuracy
+
+
+def _sample_loss(model):
+    """The model's training loss as `f(y, pred) -> scalar`: for one loss (a
+    name, a `keras.losses.Loss` or a function) without loss weights, that
+    loss compiled once (`jax.jit`, `tf.function`; eager on torch), which
+    makes the sample's loss cheap; otherwise Keras's own compiled loss,
+    called eagerly."""
+    loss = getattr(model, "loss", None)
+    compiled = getattr(model, "_compile_loss", None)
+    weights = getattr(compiled, "_user_loss_weights", "unknown")
+    if compiled is None or weights is None:
+        fn = None
+        if isinstance(loss, str):
+            try:
+                fn = keras.losses.get(loss)
+            except ValueError:
+                fn = None
+        elif isinstance(loss, keras.losses.Loss) or (callable(loss) and not isinstance(loss, type)):
+            fn = loss
+        if fn is not None:
+            return compile_reader(lambda y, pred: ops.mean(fn(y, pred)), [])
+    if compiled is None:
+        raise ValueError("PopulationRiskEstimate(y_train=...) needs a compiled model: call "
+                         "`model.compile(optimizer, loss)` first.")
+    return lambda y, pred: ops.mean(compiled(y, pred))
 
 
 def _check_arguments(dataset_size, batch_size, x_train, y_train, task, sample_size,
@@ -386,7 +412,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
         self._state = None  # kept across fit() calls
         self._classes = None  # predicted classes on the sample at the last epoch end
         self._backup = None
-        self._training = False
+        self._training, self._sample_loss = False, None
 
     # ------------------------------------------------------------ set-up
 
@@ -404,7 +430,7 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                 "PopulationRiskEstimate could not tell from the compiled loss "
                 f"({getattr(self.model, 'loss', None)!r}) whether the model is a classifier; "
                 "pass `task='classification'` or `task='regression'`.")
-        self._reduce, self._started, self._training = None, False, True
+        self._reduce, self._sample_loss, self._started, self._training = None, None, False, True
         if self.backup_dir is not None:  # one set of files per process
             rank = D.process_index()
             self._backup = EpochBackup(self.backup_dir, f"estimate{'' if rank == 0 else rank}")
@@ -538,8 +564,9 @@ class PopulationRiskEstimate(keras.callbacks.Callback):
                             self.prediction_batch_size, self._loss_fn())
 
     def _loss_fn(self):
-        compiled = getattr(self.model, "_compile_loss", None)
-        return compiled if compiled is not None else keras.losses.get(self.model.loss)
+        if self._sample_loss is None:
+            self._sample_loss = _sample_loss(self.model)
+        return self._sample_loss
 
     # ------------------------------------------------------------ rollback
 

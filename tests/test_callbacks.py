@@ -286,6 +286,34 @@ def test_regression_with_x_train_counts_no_classes():
     np.testing.assert_allclose(history["train_loss_end"], want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("form", ["function", "weighted", "by_output_name"])
+def test_end_loss_is_the_compiled_loss_however_given(form):
+    """The end-of-epoch loss on the sample is the loss as compiled: a plain
+    function, a name with `loss_weights` (which scale Keras's logged loss
+    too), or a dict keyed by the output's name."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, 4)).astype("float32")
+    y = np.stack([x[:, 0], x[:, 1] - x[:, 2], x[:, 3]], -1).astype("float32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(inputs))
+
+    def squared_error(a, b):
+        return keras.ops.mean((a - b) ** 2, axis=-1)
+
+    model.compile(keras_snr.SNRAdam(learning_rate=0.02), **{
+        "function": dict(loss=squared_error),
+        "weighted": dict(loss="mse", loss_weights=2.0),
+        "by_output_name": dict(loss={"out": "mse"})}[form])
+    recorder = Recorder(model.optimizer, x=x)
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+        keras_snr.PopulationRiskEstimate(N, BATCH, x_train=x, y_train=y, task="regression",
+                                         diagnostics=True), recorder]).history
+    scale = 2.0 if form == "weighted" else 1.0
+    want = [scale * float(np.mean((e["pred"] - y) ** 2)) for e in recorder.epochs]
+    np.testing.assert_allclose(history["train_loss_end"], want, rtol=1e-4)
+
+
 def test_sample_of_x_train_and_sequence_outputs():
     """`sample_size` picks a seeded subset; per-position classes (sequence
     outputs) are compared entry by entry; one-hot or integer targets."""

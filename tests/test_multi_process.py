@@ -20,7 +20,8 @@ Each worker writes its weights, `optimizer.variables` and logs to OUT_DIR;
 rank 0 also trains the same model in one process on the global batches (the
 reference). The tests check that every process ends bit-identical and that
 the result matches the reference. The last tests check the launcher
-(`tests/multiprocess.py`) itself: timeout, a failing worker, a port clash.
+(`tests/multiprocess.py`) itself: timeout, a failing worker, a port clash;
+it does not depend on the backend, so they run in the JAX run only.
 
 `guides/multi_process_training_with_snr_adam.py` runs the same recipes; it
 is run in quick mode, on every backend, by `tests/test_guides.py`, which
@@ -537,6 +538,7 @@ def _assert_all_gone(out_dir):
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
 
 
+@only_on("jax")  # the launcher is the same for every backend
 @linux_only
 def test_launch_kills_every_worker_and_child_after_the_timeout(tmp_path):
     script = tmp_path / "sleeper.py"
@@ -546,6 +548,7 @@ def test_launch_kills_every_worker_and_child_after_the_timeout(tmp_path):
     _assert_all_gone(tmp_path / "out")
 
 
+@only_on("jax")
 @linux_only
 def test_launch_stops_the_others_when_one_worker_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(multiprocess, "FAILURE_GRACE", 0.5)
@@ -559,6 +562,7 @@ def test_launch_stops_the_others_when_one_worker_fails(tmp_path, monkeypatch):
     _assert_all_gone(tmp_path / "out")
 
 
+@only_on("jax")
 def test_launch_retries_once_when_a_port_was_taken(tmp_path):
     script = tmp_path / "clash.py"
     script.write_text(r'''
