@@ -247,6 +247,15 @@ def _sample_pass(model, x, y, task, batch_size, loss_fn):
     return classes, end_loss, accuracy
 
 
+def _as_float32(y, pred):
+    """Targets and predictions as tensors, floats in float32: what a Keras
+    loss computes on."""
+    y, pred = ops.convert_to_tensor(y), ops.convert_to_tensor(pred)
+    if "float" in keras.backend.standardize_dtype(y.dtype):
+        y = ops.cast(y, "float32")
+    return y, ops.cast(pred, "float32")
+
+
 def _sample_loss(model):
     """The model's training loss as `f(y, pred) -> scalar`: for one loss (a
     name, a `keras.losses.Loss` or a function) without loss weights, that
@@ -266,7 +275,7 @@ def _sample_loss(model):
         elif isinstance(loss, keras.losses.Loss) or (callable(loss) and not isinstance(loss, type)):
             fn = loss
         if fn is not None:
-            return compile_reader(lambda y, pred: ops.mean(fn(y, pred)), [])
+            return compile_reader(lambda y, pred: ops.mean(fn(*_as_float32(y, pred))), [])
     if compiled is None:
         raise ValueError("PopulationRiskEstimate(y_train=...) needs a compiled model: call "
                          "`model.compile(optimizer, loss)` first.")
